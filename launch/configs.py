@@ -1,0 +1,164 @@
+"""Config loading, validation and the command-line wrapper shared by `launch.train`, `launch.sweep`, ...
+
+Every mistake a user can make in a config or an override ends the program with ONE line on stderr that names
+the field, and exit status 2 — before anything is compiled or written:
+
+    error: model.d_model=100 is not divisible by model.n_heads=3 (set model.head_dim explicitly)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from launch import data, mesh as mesh_lib
+
+# Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
+COSMETIC_FIELDS = frozenset({"train.progress"})
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with a one-line message naming the field."""
+
+
+USER_ERRORS = (ConfigError, data.DataError, mesh_lib.MeshError)
+
+
+def flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{"model.d_model": 64, ...} of a (nested) config."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with dotted-key overrides applied; unknown keys and wrong types are ConfigErrors."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    known = flatten(cfg)
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"unknown config field {key!r}")
+        parent, _, leaf = key.rpartition(".")
+        node = cfg
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"{key}={value!r}: {e}") from None
+    return cfg
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
+    """Checks types, ranges and combinations; raises ConfigError naming the field. Cheap: builds nothing big."""
+    import optim  # here, not at module level: validation is the only user in this module
+    from flax import nnx
+
+    from models import transformer
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads"):
+        _check(m[field] > 0, f"model.{field}={m[field]} must be positive")
+    if not m.head_dim:
+        _check(
+            m.d_model % m.n_heads == 0,
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads} (set model.head_dim explicitly)",
+        )
+    head_dim, _ = transformer.dims(m)
+    _check(head_dim % 2 == 0, f"model.head_dim={head_dim} must be even (RoPE rotates channel pairs)")
+    for field in ("dtype", "param_dtype"):
+        _check(m[field] in DTYPES, f"model.{field}={m[field]!r} must be one of {DTYPES}")
+    _check(d.seq_len > 0 and d.batch_size > 0, f"data.seq_len={d.seq_len} and data.batch_size={d.batch_size} must be positive")
+    _check(t.steps > 0, f"train.steps={t.steps} must be positive")
+    _check(t.log_every > 0, f"train.log_every={t.log_every} must be positive")
+    _check(t.eval_batches > 0, f"train.eval_batches={t.eval_batches} must be positive")
+    _check(t.keep_ckpts > 0, f"train.keep_ckpts={t.keep_ckpts} must be positive")
+    _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
+
+    data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
+    _check(
+        d.batch_size % (data_ways * fsdp) == 0,
+        f"data.batch_size={d.batch_size} is not divisible by the batch mesh axes data*fsdp={data_ways * fsdp}",
+    )
+    _check(d.batch_size % n_processes == 0, f"data.batch_size={d.batch_size} is not divisible by {n_processes} processes")
+    try:  # registry names and variant combinations, checked by building the abstract model and the optimizer
+        nnx.eval_shape(lambda: transformer.Transformer(m, rngs=nnx.Rngs(0)))
+        optim.make_optimizer(cfg.optim, int(t.steps))
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
+    """Creates `workdir` and writes config.json; refuses a workdir that holds a run of a different config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    new = json.loads(json.dumps(flatten(cfg)))
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(new) if k not in COSMETIC_FIELDS and old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(
+                f"{workdir} holds a run with a different config (changed: {', '.join(changed[:5])}); "
+                "use a new --workdir or delete it"
+            )
+    if write:
+        from launch.metrics import write_json_atomic
+
+        write_json_atomic(path, new)
+
+
+def run_cli(main, needs_workdir: bool) -> None:
+    """absl entry point with `--config=file.py[:preset]`, `--config.a.b=v` overrides and `--workdir`.
+
+    User errors (bad flags, unknown fields, bad values, missing data) print one line and exit 2; bugs still
+    raise with a traceback.
+    """
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiment file and preset, e.g. experiments/base.py:tiny")
+    flags.DEFINE_string("workdir", None, "run (or sweep) directory; rerunning the same command resumes it")
+
+    def parse(argv):
+        try:
+            rest = flags.FLAGS(argv)
+        except flags.Error as e:
+            _die(str(e))
+        except (ValueError, TypeError, AttributeError, KeyError, FileNotFoundError) as e:  # raised by config files
+            _die(f"--config: {e}")
+        if flags.FLAGS.config is None:
+            _die("--config is required, e.g. --config=experiments/base.py:tiny")
+        if needs_workdir and not flags.FLAGS.workdir:
+            _die("--workdir is required")
+        return rest
+
+    def guarded(argv):
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+        mesh_lib.maybe_initialize_distributed()
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            _die(str(e))
+
+    app.run(guarded, flags_parser=parse)
+
+
+def _die(msg: str) -> None:
+    print(f"error: {msg.strip().splitlines()[0] if msg.strip() else 'invalid arguments'}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,107 @@
+"""Decoder-only LM of Wortsman et al. 2023 (spec model-variants §6): embed -> pre-LN blocks -> final norm -> head.
+
+Pre-LN, no biases, RoPE, untied embedding/head by default, 4d GELU MLP, attention scale 1/sqrt(Dh), optional
+per-head qk-layernorm. Matmuls in `model.dtype`; norms, softmax and logsumexp in float32; logits in float32.
+
+`Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models import attention, layers, mlp
+
+
+def dims(cfg) -> tuple[int, int]:
+    """(head_dim, d_ff) with the config's 0 = default rule applied."""
+    head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
+    return head_dim, cfg.d_ff or 4 * cfg.d_model
+
+
+class Block(nnx.Module):
+    """x + Attn(LN1(x)), then + MLP(LN2(x))."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        head_dim, d_ff = dims(cfg)
+        self.norm1 = layers.make_norm(cfg, cfg.d_model, "embed")
+        self.attn = attention.Attention(cfg, d_model=cfg.d_model, n_heads=cfg.n_heads, head_dim=head_dim, rngs=rngs)
+        self.norm2 = layers.make_norm(cfg, cfg.d_model, "embed")
+        self.mlp = mlp.make_mlp(cfg, d_model=cfg.d_model, d_ff=d_ff, rngs=rngs)
+
+    def __call__(self, x_BxTxD: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
+        a, diag = self.attn(self.norm1(x_BxTxD), diagnostics)
+        x_BxTxD = x_BxTxD + a
+        return x_BxTxD + self.mlp(self.norm2(x_BxTxD)), diag
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        init = layers.get_init(cfg.init)
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed = layers.Embed(
+            cfg.vocab_size, cfg.d_model, init=init.embed(cfg.d_model), dtype=dt, param_dtype=pdt, rngs=rngs
+        )
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = layers.make_norm(cfg, cfg.d_model, "embed")
+        self.head = nnx.data(
+            None
+            if cfg.tie_embeddings
+            else layers.Linear(
+                (cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), init=init.kernel(cfg.d_model),
+                dtype=dt, param_dtype=pdt, rngs=rngs, out_dtype=jnp.float32,
+            )
+        )
+        self.remat = cfg.remat
+
+    def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
+        """Logits (float32) for every position, and per-layer diagnostics when `diagnostics` is set."""
+        x_BxTxD = self.embed(tokens_BxT)
+        diag = {}
+        for i, block in enumerate(self.blocks):
+            if self.remat and not diagnostics:
+                x_BxTxD, d = nnx.remat(lambda b, x: b(x))(block, x_BxTxD)
+            else:
+                x_BxTxD, d = block(x_BxTxD, diagnostics)
+            diag.update({f"{k}/layer_{i}": v for k, v in d.items()})
+        x_BxTxD = self.final_norm(x_BxTxD)
+        if self.head is None:
+            logits_BxTxV = self.embed.attend(x_BxTxD, jnp.float32)
+        else:
+            logits_BxTxV = self.head(x_BxTxD)
+        return logits_BxTxV, diag
+
+
+def output_logit_stats(logits_BxTxV: jax.Array, logz_BxT: jax.Array) -> dict:
+    """Output-logit drift statistics (spec §0; Wortsman et al. Fig. 4)."""
+    return {
+        "logz_mean": logz_BxT.mean(),
+        "logz_sq_mean": jnp.square(logz_BxT).mean(),
+        "logit_mean": logits_BxTxV.mean(),
+        "logit_min": logits_BxTxV.min(),
+        "logit_max": logits_BxTxV.max(),
+    }
+
+
+def lm_loss(
+    logits_BxTxV: jax.Array, targets_BxT: jax.Array, z_loss: float, diagnostics: bool = False
+) -> tuple[jax.Array, dict]:
+    """Mean next-token cross-entropy plus `z_loss * mean(log^2 Z)` (PaLM; Wortsman et al. §3.2).
+
+    Returns (total loss, metrics) with metrics["ce"] the cross-entropy alone (what eval and LR sensitivity use).
+    """
+    logits = logits_BxTxV.astype(jnp.float32)
+    logz_BxT = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+    ce = (logz_BxT - target_logit_BxT).mean()
+    zl = jnp.square(logz_BxT).mean()
+    metrics = {"ce": ce, "z_loss": zl}
+    if diagnostics:
+        metrics.update(output_logit_stats(logits, logz_BxT))
+    return ce + z_loss * zl, metrics
+
+
+def count_params(state) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(state))

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The two set-up commands of the README (both idempotent):
+#   bash tasks.sh demo   create .venv (Python 3.12), install proxylab, run the main job on the embedded data
+#   bash tasks.sh test   create .venv (Python 3.12), install proxylab + test deps, run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+find_python() {  # a Python 3.12 interpreter: $PYTHON, python3.12, python3, or a pyenv-installed 3.12
+  local c v
+  for c in "${PYTHON:-}" python3.12 python3; do
+    [ -n "$c" ] || continue
+    v=$("$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+    [ "$v" = "3.12" ] && { echo "$c"; return; }
+  done
+  if command -v pyenv >/dev/null; then
+    v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | tail -n 1)
+    [ -n "$v" ] && { echo "$(pyenv root)/versions/$v/bin/python3.12"; return; }
+  fi
+  echo "error: proxylab needs Python 3.12 (set PYTHON=/path/to/python3.12)" >&2
+  exit 2
+}
+
+setup() {  # $1: pip extras
+  if [ ! -x .venv/bin/python ]; then
+    "$(find_python)" -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$1]"
+}
+
+case "${1:-}" in
+  demo)
+    setup test
+    exec .venv/bin/python -m launch.train --config=experiments/base.py:tiny --workdir=runs/demo
+    ;;
+  test)
+    setup "test,tfds"
+    exec .venv/bin/python -m pytest -q tests
+    ;;
+  *)
+    echo "usage: bash tasks.sh demo|test" >&2
+    exit 2
+    ;;
+esac
