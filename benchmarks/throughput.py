@@ -31,6 +31,7 @@ flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps before timing (compilation, autotuning)")
 flags.DEFINE_float("peak_tflops", 790.0, "peak bf16 TFLOP/s of the device for MFU")
 flags.DEFINE_string("out", "", "append the result as one JSON line to this file")
+flags.DEFINE_string("label", "", "a name for this measurement, stored in the result")
 FLAGS = flags.FLAGS
 
 
@@ -93,7 +94,7 @@ def main(argv) -> None:
     del argv
     cfg = FLAGS.config
     configs.validate(cfg, n_devices=jax.device_count())
-    result = benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops)
+    result = dict(label=FLAGS.label, **benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops))
     line = json.dumps(result)
     print(line, flush=True)
     if FLAGS.out:

@@ -80,7 +80,7 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
         )
     head_dim, _ = transformer.dims(m)
     _check(head_dim % 2 == 0, f"model.head_dim={head_dim} must be even (RoPE rotates channel pairs)")
-    for field in ("dtype", "param_dtype"):
+    for field in ("dtype", "param_dtype", "logits_dtype"):
         _check(m[field] in DTYPES, f"model.{field}={m[field]!r} must be one of {DTYPES}")
     _check(d.seq_len > 0 and d.batch_size > 0, f"data.seq_len={d.seq_len} and data.batch_size={d.batch_size} must be positive")
     _check(t.steps > 0, f"train.steps={t.steps} must be positive")
@@ -150,6 +150,7 @@ def run_cli(main, needs_workdir: bool) -> None:
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+        mesh_lib.configure_xla_flags()
         mesh_lib.maybe_initialize_distributed()
         try:
             main(argv)

@@ -1,7 +1,8 @@
 """Decoder-only LM of Wortsman et al. 2023 (spec model-variants §6): embed -> pre-LN blocks -> final norm -> head.
 
 Pre-LN, no biases, RoPE, untied embedding/head by default, 4d GELU MLP, attention scale 1/sqrt(Dh), optional
-per-head qk-layernorm. Matmuls in `model.dtype`; norms, softmax and logsumexp in float32; logits in float32.
+per-head qk-layernorm. Matmuls in `model.dtype`; norms, softmax and logsumexp in float32; logits in
+`model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
 """
@@ -51,13 +52,14 @@ class Transformer(nnx.Module):
             if cfg.tie_embeddings
             else layers.Linear(
                 (cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), init=init.kernel(cfg.d_model),
-                dtype=dt, param_dtype=pdt, rngs=rngs, out_dtype=jnp.float32,
+                dtype=dt, param_dtype=pdt, rngs=rngs, out_dtype=jnp.dtype(cfg.logits_dtype),
             )
         )
         self.remat = cfg.remat
+        self.logits_dtype = jnp.dtype(cfg.logits_dtype)
 
     def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
-        """Logits (float32) for every position, and per-layer diagnostics when `diagnostics` is set."""
+        """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
         x_BxTxD = self.embed(tokens_BxT)
         diag = {}
         for i, block in enumerate(self.blocks):
@@ -68,7 +70,7 @@ class Transformer(nnx.Module):
             diag.update({f"{k}/layer_{i}": v for k, v in d.items()})
         x_BxTxD = self.final_norm(x_BxTxD)
         if self.head is None:
-            logits_BxTxV = self.embed.attend(x_BxTxD, jnp.float32)
+            logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
         else:
             logits_BxTxV = self.head(x_BxTxD)
         return logits_BxTxV, diag
@@ -94,7 +96,10 @@ def lm_loss(
     """
     logits = logits_BxTxV.astype(jnp.float32)
     logz_BxT = jax.nn.logsumexp(logits, axis=-1)
-    target_logit_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+    # The target logit as a masked sum rather than a gather: its gradient is then an elementwise select that XLA
+    # fuses into the softmax backward, instead of a scatter into a [B, T, V] zero tensor.
+    vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+    target_logit_BxT = jnp.sum(jnp.where(vocab_BxTxV == targets_BxT[..., None], logits, 0.0), axis=-1)
     ce = (logz_BxT - target_logit_BxT).mean()
     zl = jnp.square(logz_BxT).mean()
     metrics = {"ce": ce, "z_loss": zl}

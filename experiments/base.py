@@ -1,0 +1,163 @@
+"""The base experiment: every config field of proxylab, documented, plus presets.
+
+Usage:
+    python -m launch.train --config=experiments/base.py:tiny --workdir=runs/a --config.optim.lr=3e-3
+
+`get_config(arg)` returns a fully populated `ml_collections.ConfigDict`; `arg` selects a preset:
+
+    tiny                 CPU seconds: 2 layers, d=64, seq 64, the embedded `classics` data.
+    small                GPU minutes: the 9.4M ladder shape on `classics`, 2000 steps.
+    2.4m ... 4.8b        the model ladder of Wortsman et al. (spec model-variants §6(b), our [D] shapes,
+                         head_dim 64) with the paper's recipe: batch 256 x 512, vocab 32101, AdamW(0.9, 0.95,
+                         1e-8), clip 1, warmup 5e3 + cosine to 1e-5 over 1e5 steps, independent WD 1e-4,
+                         z-loss 1e-4, qk-layernorm on. Data defaults to `classics`; point `data.source=tfds`
+                         at a prepared C4 to match the paper.
+
+Other experiment files import `get_config` from here and change only what their study is about, so every field
+exists (and is documented) exactly once: in this file. Unknown keys given on the command line are errors.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# (d_model, n_layers, n_heads) of the size ladder; N ~= 12 L d^2 non-embedding parameters (spec §6(b), [D]).
+LADDER: dict[str, tuple[int, int, int]] = {
+    "2.4m": (256, 3, 4),
+    "9.4m": (512, 3, 8),
+    "19m": (512, 6, 8),
+    "42m": (768, 6, 12),
+    "85m": (768, 12, 12),
+    "151m": (1024, 12, 16),
+    "302m": (1024, 24, 16),
+    "1.2b": (2048, 24, 32),
+    "4.8b": (4096, 24, 64),
+}
+
+PRESETS = ("tiny", "small", *LADDER)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the config for preset `arg` (default "tiny")."""
+    c = ml_collections.ConfigDict()
+
+    # ---- model: the decoder-only LM (models/transformer.py) -------------------------------------------------
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 512  # output classes; every data source must emit ids < vocab_size
+    m.d_model = 64  # residual stream width d
+    m.n_layers = 2  # number of pre-LN blocks L
+    m.n_heads = 2  # attention heads H
+    m.head_dim = 0  # per-head width Dh; 0 means d_model // n_heads
+    m.d_ff = 0  # MLP hidden width; 0 means 4 * d_model
+    m.attention = "softmax"  # attention registry key (models/attention.py): softmax
+    m.attention_impl = "auto"  # kernel for softmax attention: auto (cudnn on GPU with bf16/fp16, else xla) | xla | cudnn
+    m.qk_norm = False  # per-head LayerNorm on queries and keys before RoPE (Wortsman et al. §3.1)
+    m.mlp = "gelu"  # MLP registry key (models/mlp.py): gelu
+    m.norm = "layernorm"  # normalisation registry key (models/layers.py): layernorm | rmsnorm; no biases either way
+    m.norm_eps = 1e-6  # epsilon of every norm (Flax default, as in the paper)
+    m.rope_base = 10000.0  # RoPE wavelength base (rotate-half convention)
+    m.tie_embeddings = False  # share the input embedding with the output head (the paper: untied)
+    m.init = "fan_in"  # init registry key (models/layers.py): fan_in = embed N(0,1/d), kernels trunc-normal 1/sqrt(fan_in)
+    m.dtype = "bfloat16"  # matmul/activation dtype; softmax, logsumexp and norm statistics always run in float32
+    m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
+    m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.
+    #                             bfloat16 halves the traffic of the largest tensor [B, T, V] at ~3 digits of logit precision
+    m.remat = False  # rematerialise each block in the backward pass (trade compute for activation memory)
+
+    # ---- loss ---------------------------------------------------------------------------------------------------
+    c.loss = ml_collections.ConfigDict()
+    c.loss.z_loss = 1e-4  # coefficient of mean(log^2 Z) (PaLM; Wortsman et al. §3.2); 0 turns it off
+
+    # ---- optim: optim.make_optimizer -----------------------------------------------------------------------------
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adamw"  # optimizer registry key (optim/__init__.py): adamw | spam (SPAM paper: b2 0.999, eps 1e-6)
+    o.lr = 1e-2  # peak learning rate (the value an LR sweep varies)
+    o.b1 = 0.9  # Adam beta1
+    o.b2 = 0.95  # Adam beta2
+    o.eps = 1e-8  # Adam epsilon, outside the square root (optax/PyTorch placement; spam: E2 placement, spec §1)
+    o.weight_decay = 1e-4  # decay coefficient lambda; its meaning depends on independent_wd
+    o.independent_wd = True  # True: theta -= lambda * s_t * theta (follows the schedule, not scaled by peak lr);
+    #                          False: coupled AdamW, theta -= lr_t * lambda * theta
+    o.decay_all = False  # True: decay every parameter (nanodo); False: tensors with ndim >= 2 per layer (decay_mask)
+    o.clip = 1.0  # gradient-norm clipping threshold; 0 disables
+    o.clip_mode = "global"  # clipping registry key: global | component (per tensor / layer slice; Yang & Ma 2022)
+    o.stacked_params = ""  # regex on '/'-joined param paths whose leaves stack the layers on axis 0; "" = none
+    o.schedule = "warmup_cosine"  # schedule registry key: warmup_cosine | constant | wsd | wsd_s | cyclic_cosine
+    o.warmup_steps = 20  # linear warmup from 0 to the peak lr; wsd*, cyclic_cosine: <= 1 is a fraction of cycle 1
+    o.min_lr = 1e-5  # final lr at the end of the cosine decay (warmup_cosine only)
+    o.decay_steps = 0  # steps at which the cosine reaches min_lr; 0 means train.steps (warmup_cosine only)
+
+    o.wsd = ml_collections.ConfigDict()  # wsd | wsd_s | cyclic_cosine, Levanter semantics (spec optimizers §3)
+    o.wsd.cycles = ()  # wsd_s, cyclic_cosine: budgets (steps) where a decay ends, besides train.steps; e.g. (300, 600)
+    o.wsd.decay = 0.1  # decay length of each cycle: <= 1.0 a fraction of that cycle, else steps
+    o.wsd.rewarmup = 0.0  # ramp from the minimum back to the peak after each budget; 0 = jump (fraction or steps)
+    o.wsd.decay_shape = "linear"  # linear | cosine | 1-sqrt
+    o.wsd.min_lr_ratio = 0.1  # the decay ends at min_lr_ratio * lr
+
+    o.spam = ml_collections.ConfigDict()  # SPAM (Huang et al. 2025; spec optimizers §1), optim.name = spam
+    o.spam.threshold = 5000.0  # spike threshold theta: g^2 > theta v is clipped to sign(g) sqrt(theta v); 0 = off
+    o.spam.reset_interval = 500  # momentum reset every this many updates (Delta T); 10**9 disables resets
+    o.spam.reset_warmup = 150  # cosine warmup of the update after each reset (W < reset_interval); not warmup_steps
+    o.spam.no_clip_steps = 20  # no spike clipping in the first N updates and the N updates from each reset on
+
+    o.skip_step = ml_collections.ConfigDict()  # skip updates on loss / grad-norm spikes (spec optimizers §10)
+    o.skip_step.enabled = False  # wrap the optimizer in optim.skip_step (update then needs loss=CE without z-loss)
+    o.skip_step.window = 128  # history length of losses and pre-clip grad norms
+    o.skip_step.sigma = 6.0  # skip when the loss or grad norm exceeds mean + sigma * std (Bessel) of the history
+
+    # ---- data: launch/data.py ------------------------------------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "classics"  # data registry key: classics | synthetic | text | tfds
+    d.seq_len = 64  # tokens per training window (the model sees seq_len, predicts seq_len targets)
+    d.batch_size = 16  # global batch size in sequences (split over processes and the data/fsdp mesh axes)
+    d.cache_dir = ""  # where prepared token arrays and tokenizers live; "" means $PROXYLAB_CACHE or ~/.cache/proxylab
+    d.eval_fraction = 0.05  # fraction of a prepared corpus held out for evaluation (classics, text)
+    d.text_paths = ""  # `text` source: comma-separated files or globs of UTF-8 text
+    d.synthetic_kind = "bigram"  # `synthetic` source: bigram (Zipfian Markov chain) | unigram (i.i.d. Zipfian)
+    d.synthetic_zipf = 1.1  # `synthetic`: Zipf exponent of the next-token distributions (higher = more skewed)
+    d.synthetic_tokens = 2_000_000  # `synthetic`: length of the generated training stream
+    d.synthetic_seed = 0  # `synthetic`: seeds the generated language and its streams (train.seed orders windows)
+    d.tfds_name = "c4/en:3.0.1"  # `tfds`: builder name and version (a prepared array_record dataset)
+    d.tfds_data_dir = ""  # `tfds`: the data_dir that holds the prepared dataset
+    d.tfds_train_split = "train"  # `tfds`: split used for training windows
+    d.tfds_eval_split = "validation"  # `tfds`: split used for evaluation windows
+    d.tfds_max_docs = 0  # `tfds`: read at most this many documents per split (0 = all)
+    d.tfds_text_key = "text"  # `tfds`: the feature that holds each document's text
+    d.tokenizer = "bpe"  # tokenizer for text sources: bpe (byte-level BPE trained locally) | a SentencePiece .model path
+
+    # ---- train: launch/train.py ----------------------------------------------------------------------------------
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 300  # optimizer steps
+    t.seed = 0  # seeds the init and the data order
+    t.log_every = 10  # write a metrics.jsonl row every this many steps (and at the last step)
+    t.eval_every = 100  # evaluate on held-out windows every this many steps (and at the last step)
+    t.eval_batches = 4  # held-out batches per evaluation
+    t.diag_every = 0  # compute the diagnostics of DESIGN §5 every this many steps; 0 = never
+    t.ckpt_every = 100  # save an orbax checkpoint every this many steps (and at the last step); 0 = only at the end
+    t.keep_ckpts = 2  # newest checkpoints kept on disk
+    t.divergence_margin = 1.0  # diverged when loss > initial_loss + margin (or non-finite); stops the run
+    t.progress = True  # print a progress line (step, loss, tokens/s) every log_every steps
+
+    # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel axis size; -1 fills the remaining devices
+    c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis (batch is split over it too)
+    c.mesh.tensor = 1  # tensor-parallel axis (heads, MLP hidden, vocab)
+
+    preset = arg or "tiny"
+    if preset == "tiny":
+        pass
+    elif preset == "small":
+        m.update(vocab_size=8192, d_model=512, n_layers=3, n_heads=8, qk_norm=True)
+        d.update(seq_len=512, batch_size=64)
+        o.update(lr=3e-3, warmup_steps=200)
+        t.update(steps=2000, log_every=50, eval_every=500, eval_batches=8, ckpt_every=1000)
+    elif preset in LADDER:
+        width, depth, heads = LADDER[preset]
+        m.update(vocab_size=32101, d_model=width, n_layers=depth, n_heads=heads, head_dim=64, qk_norm=True)
+        d.update(seq_len=512, batch_size=256)
+        o.update(lr=1e-2, warmup_steps=5000)
+        t.update(steps=100_000, log_every=100, eval_every=5000, eval_batches=16, ckpt_every=5000)
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return c

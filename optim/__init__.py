@@ -1,0 +1,148 @@
+"""proxylab optimizers: `config.optim` -> an optax transformation (DESIGN §1, §4).
+
+`make_optimizer(optim_cfg, total_steps, hparams)` is called inside the jitted (and, for batched sweeps,
+vmapped) train step: `hparams` carries the scalars of `HPARAM_KEYS`, possibly as traced arrays, one value per
+sweep member. Everything below is jnp arithmetic on those scalars and the optimizer state's structure never
+depends on their values, so `init` may use the config values and `update` the traced ones.
+
+Registries (adding an entry = one function + one line): `OPTIMIZERS` (optim.name), `SCHEDULES`
+(optim.schedule), `CLIPPING` (optim.clip_mode). Unknown names raise ValueError listing the choices.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optim import schedules
+from optim.adam import scale_by_adam
+from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global_norm, global_norm, skip_step
+from optim.masks import decay_mask, stacked_by_path
+from optim.schedules import constant, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s, wsd_s_decay_ends
+from optim.spam import SpamState, scale_by_spam, spam
+
+# The scalar hyperparameters a batched LR sweep may vary per member (config.optim fields of the same names).
+HPARAM_KEYS: tuple[str, ...] = ("lr", "weight_decay", "eps", "b1", "b2", "clip", "warmup_steps", "min_lr")
+
+# optim.schedule -> (optim_cfg, total_steps, hparams) -> optax.Schedule
+SCHEDULES = {
+    "constant": lambda o, total, h: constant(h["lr"]),
+    "warmup_cosine": lambda o, total, h: warmup_cosine(h["lr"], total, h["warmup_steps"], h["min_lr"], o.decay_steps),
+    "wsd": lambda o, total, h: wsd(
+        h["lr"], total, h["warmup_steps"], o.wsd.decay, o.wsd.decay_shape, o.wsd.min_lr_ratio
+    ),
+    "wsd_s": lambda o, total, h: wsd_s(
+        h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.decay, o.wsd.rewarmup, o.wsd.decay_shape,
+        o.wsd.min_lr_ratio,
+    ),
+    "cyclic_cosine": lambda o, total, h: cyclic_cosine(
+        h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.rewarmup, o.wsd.min_lr_ratio
+    ),
+}
+
+# optim.name -> (optim_cfg, hparams) -> the update direction u (before the learning rate and weight decay)
+OPTIMIZERS = {
+    "adamw": lambda o, h: scale_by_adam(h["b1"], h["b2"], h["eps"]),  # m̂/(sqrt(v̂) + ε), ε outside the sqrt
+    "spam": lambda o, h: scale_by_spam(
+        h["b1"], h["b2"], h["eps"], o.spam.threshold, o.spam.reset_interval, o.spam.reset_warmup,
+        o.spam.no_clip_steps,
+    ),
+}
+
+# optim.clip_mode -> (optim_cfg, hparams) -> gradient clipping with threshold hparams["clip"] (<= 0: off)
+CLIPPING = {
+    "global": lambda o, h: clip_by_global_norm(h["clip"]),
+    "component": lambda o, h: clip_by_component_norm(h["clip"], stacked=stacked_by_path(o.stacked_params)),
+}
+
+
+def _lookup(registry: dict, name: str, field: str):
+    if name not in registry:
+        raise ValueError(f"unknown {field} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
+def hparams_from_config(optim_cfg) -> dict[str, float]:
+    """The `HPARAM_KEYS` scalars of `config.optim`, as Python floats."""
+    return {k: float(optim_cfg[k]) for k in HPARAM_KEYS}
+
+
+def _hparams(optim_cfg, hparams: dict | None) -> dict:
+    h = hparams_from_config(optim_cfg)
+    unknown = sorted(set(hparams or ()) - set(HPARAM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown optimizer hparams {unknown}; choose from {', '.join(HPARAM_KEYS)}")
+    return {**h, **(hparams or {})}
+
+
+def make_schedule(optim_cfg, total_steps: int, hparams: dict | None = None) -> optax.Schedule:
+    """The LR schedule `optim.schedule` (lr_t as a function of the update index, 0-based)."""
+    h = _hparams(optim_cfg, hparams)
+    return _lookup(SCHEDULES, optim_cfg.schedule, "optim.schedule")(optim_cfg, total_steps, h)
+
+
+def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> optax.GradientTransformationExtraArgs:
+    """The optimizer of `config.optim`; `hparams` (a subset of HPARAM_KEYS, maybe traced) overrides the config.
+
+    One update, with g the gradients, θ the parameters, lr_t the schedule at this update, η = hparams["lr"]:
+
+        g ← clip(g)                               optim.clip_mode, threshold optim.clip (<= 0: off)
+        u ← direction(g)                          optim.name: adamw = Adam, m̂/(sqrt(v̂) + ε) (optim.adam)
+        independent_wd:  θ ← θ − lr_t·u − λ·s_t·θ,  s_t = lr_t/η   (Wortsman et al.; spec §4(a))
+        coupled:         θ ← θ − lr_t·(u + λ·θ)                      (optax.adamw / torch AdamW)
+
+    The independent decay follows the schedule but is not scaled by the peak LR (composer `DecoupledAdamW`).
+    Decay applies to the leaves of `decay_mask` (every leaf if optim.decay_all). With optim.skip_step.enabled
+    everything but the schedule is wrapped in `skip_step`, so `update` then needs `loss=` (the CE loss without
+    z-loss); it may always be passed. The schedule's step lives outside, in `with_lr_schedule`, and advances
+    on skipped updates too.
+    """
+    h = _hparams(optim_cfg, hparams)
+    schedule = make_schedule(optim_cfg, total_steps, h)
+    clip = _lookup(CLIPPING, optim_cfg.clip_mode, "optim.clip_mode")(optim_cfg, h)
+    direction = _lookup(OPTIMIZERS, optim_cfg.name, "optim.name")(optim_cfg, h)
+    stacked = stacked_by_path(optim_cfg.stacked_params)
+    mask = None if optim_cfg.decay_all else functools.partial(decay_mask, stacked=stacked)
+    peak, wd, skip = jnp.asarray(h["lr"], jnp.float32), h["weight_decay"], optim_cfg.skip_step
+
+    def build(lr_t):
+        if optim_cfg.independent_wd:
+            s_t = jnp.where(peak > 0, lr_t / jnp.where(peak > 0, peak, 1.0), 0.0)
+            tail = (optax.scale(-lr_t), optax.add_decayed_weights(-wd * s_t, mask))
+        else:
+            tail = (optax.add_decayed_weights(wd, mask), optax.scale(-lr_t))
+        tx = optax.chain(clip, direction, *tail)
+        return skip_step(tx, skip.window, skip.sigma) if skip.enabled else tx
+
+    return with_lr_schedule(build, schedule)
+
+
+def _find(tree, cls) -> list:
+    return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(x, cls)]
+
+
+def state_metrics(opt_state) -> dict[str, jax.Array]:
+    """The counters an optimizer state reports (DESIGN §5): SPAM clip/reset counts and skip-step decisions.
+
+    Empty for plain AdamW. Works on batched (vmapped) states too: every value then has the member axis.
+    """
+    out = {}
+    for s in _find(opt_state, SpamState):
+        out.update(spam_clipped=s.clipped, spam_clipped_total=s.clipped_total, spam_resets=s.resets)
+    for s in _find(opt_state, SkipStepState):
+        out.update(
+            skipped=s.skipped, skipped_total=s.skipped_total, skip_loss_z=s.loss_z, skip_grad_norm_z=s.grad_norm_z,
+            skip_loss_threshold=s.loss_threshold, skip_grad_norm_threshold=s.grad_norm_threshold,
+        )
+    return out
+
+
+__all__ = [
+    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "SkipStepState", "SpamState", "clip_by_component_norm",
+    "clip_by_global_norm", "constant", "cyclic_cosine", "decay_mask", "global_norm", "hparams_from_config",
+    "make_optimizer", "make_schedule", "scale_by_adam", "scale_by_spam", "schedules", "skip_step", "spam",
+    "stacked_by_path", "state_metrics", "warmup_cosine", "with_lr_schedule", "wsd", "wsd_s", "wsd_s_decay_ends",
+]
