@@ -182,3 +182,17 @@ def test_tied_embeddings_share_the_table():
     np.testing.assert_allclose(
         np.asarray(model.embed.attend(x, jnp.float32)), np.asarray(x @ model.embed.embedding[...].T), rtol=1e-5
     )
+
+
+def test_wide_output_matmul_has_exact_gradients_and_low_precision_backward():
+    """The head's float32-output matmul: float32 gradients equal plain autodiff; bf16 inputs get bf16 gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.float32)
+    w = jax.random.normal(jax.random.key(1), (8, 5), jnp.float32)
+    wide = lambda x, w: jnp.sum(jnp.sin(layers.dot_wide_out(x, w, 1)))
+    plain = lambda x, w: jnp.sum(jnp.sin(jnp.einsum("btd,dv->btv", x, w)))
+    for got, want in zip(jax.grad(wide, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    y = layers.dot_wide_out(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 1)
+    assert y.dtype == jnp.float32
+    gx, gw = jax.grad(wide, (0, 1))(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert gx.dtype == gw.dtype == jnp.bfloat16

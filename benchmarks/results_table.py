@@ -1,0 +1,52 @@
+"""Renders benchmark JSON lines (benchmarks/throughput.py --out) as a markdown table beside the peer numbers.
+
+    python -m benchmarks.results_table benchmarks/results/h200_call4_final.jsonl [more.jsonl ...]
+
+Rows keep the order of the files; a later row with the same label replaces an earlier one. The ratio column
+divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flash SDPA, fused AdamW) measured on
+the same H200 at the same shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+# DESIGN §7, measured on the same H200 (bf16, batch 256 x 512, vocab 32101, random tokens, full train step).
+PEERS = {  # size -> (nanodo tok/s, nanodo MFU, PyTorch tok/s, PyTorch MFU)
+    "9.4m": (304e3, 0.063, 2.03e6, 0.42),
+    "42m": (192e3, 0.105, 986e3, 0.54),
+    "151m": (73.6e3, 0.11, 409e3, 0.61),
+}
+
+
+def render(rows: list[dict]) -> str:
+    lines = [
+        "| config | step ms | tokens/s | MFU | peak GiB | PyTorch tokens/s (MFU) | ours / PyTorch | nanodo tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = r["label"].split("/")[0]
+        peer = PEERS.get(size)
+        torch = f"{peer[2] / 1e3:,.0f}k ({peer[3]:.0%})" if peer else "–"
+        ratio = f"{r['tokens_per_second'] / peer[2]:.2f}x" if peer else "–"
+        nanodo = f"{peer[0] / 1e3:,.1f}k" if peer else "–"
+        lines.append(
+            f"| `{r['label']}` | {r['step_ms']:.1f} | {r['tokens_per_second'] / 1e3:,.0f}k | {r['mfu']:.1%} | "
+            f"{r['peak_memory_gib']:.1f} | {torch} | {ratio} | {nanodo} |"
+        )
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> None:
+    by_label: dict[str, dict] = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                by_label[row["label"]] = row
+    print(render(list(by_label.values())))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
