@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README (both idempotent):
-#   bash tasks.sh demo   create .venv (Python 3.12), install proxylab, run the main job on the embedded data
+#   bash tasks.sh demo   create .venv (Python 3.12), install proxylab, run the main job (the CPU LR sweep) on the embedded data
 #   bash tasks.sh test   create .venv (Python 3.12), install proxylab + test deps, run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,7 +31,8 @@ setup() {  # $1: pip extras
 case "${1:-}" in
   demo)
     setup test
-    exec .venv/bin/python -m launch.train --config=experiments/base.py:tiny --workdir=runs/demo
+    .venv/bin/python -m launch.sweep --config=experiments/small_scale_proxies.py:tiny --workdir=runs/demo_sweep --executor=batched
+    exec .venv/bin/python -m launch.report runs/demo_sweep --metric=attn_max_logit/layer_0 --log_y
     ;;
   test)
     setup "test,tfds"

@@ -49,15 +49,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.n_heads = 2  # attention heads H
     m.head_dim = 0  # per-head width Dh; 0 means d_model // n_heads
     m.d_ff = 0  # MLP hidden width; 0 means 4 * d_model
-    m.attention = "softmax"  # attention registry key (models/attention.py): softmax
-    m.attention_impl = "auto"  # kernel for softmax attention: auto (cudnn on GPU with bf16/fp16, else xla) | xla | cudnn
+    m.attention = "softmax"  # attention registry key (models/attention.py ATTENTIONS): softmax | ls | softplus | mlra
+    m.attention_impl = "auto"  # kernel for softmax/ls attention: auto (cudnn on GPU with bf16/fp16, else xla) | xla | cudnn
     m.qk_norm = False  # per-head LayerNorm on queries and keys before RoPE (Wortsman et al. §3.1)
+    m.allow_stacking = False  # permit two of qk_norm / attention=softplus / sigma_reparam at once (spec §9 refuses by default)
+
+    m.ls = ml_collections.ConfigDict()  # attention=ls: Long-Short attention (Hajra 2025; spec model-variants §1)
+    m.ls.n_global = 1  # heads 0..n_global-1 attend to every earlier key; the others are local (paper: 1 of 12 [S])
+    m.ls.window = 100  # keys a local head sees, the query itself included (paper: span 100 [S]; inclusivity [D])
+
+    m.mlra = ml_collections.ConfigDict()  # attention=mlra: low-rank Wq, Wk, Wv (Chung et al. 2024; spec §2) [U] -> [D]
+    m.mlra.rank = 0  # rank r of each factorised projection; 0 means head_dim // 2 [D]
+    m.mlra.shared_latent = False  # False: per-head factors A_h B_h [D]; True: one shared latent A [d, r], B [r, H*Dh]
+    m.mlra.init_std = 0.02  # std of both factors' normal init (GPT-2's 0.02 [R]), independent of model.init
+
+    m.softplus = ml_collections.ConfigDict()  # attention=softplus: LSSA / LSSAR (Gao & Spratling 2025; spec §4)
+    m.softplus.reweight = True  # stage 2 re-weighting ReLU(A*N - O)^p (LSSAR); False = stage 1 only (LSSA)
+    m.softplus.power = 15  # re-weighting power p (15: best extrapolation, 3: best at the training length [S])
+    m.softplus.eps = 1e-8  # added to each l1 row sum (keeps degenerate all-zero rows finite)
+    m.softplus.query_chunk = 0  # process queries in blocks of this many (long-context eval memory); 0 = all at once
+
+    m.sigma_reparam = False  # σReparam W -> (γ/σ(W)) W on every linear layer in the blocks (Zhai et al. 2023; spec §3)
+    m.sigma_reparam_gamma_init = "sigma0"  # γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)
+    m.sigma_reparam_head = False  # also reparametrise the output head (with sigma_reparam, untied head only) [D: off]
+    m.embed_scale = "none"  # embedding output (Spike No More, spec §7): none | scaled (x sqrt(d)) | layernorm
     m.mlp = "gelu"  # MLP registry key (models/mlp.py): gelu
     m.norm = "layernorm"  # normalisation registry key (models/layers.py): layernorm | rmsnorm; no biases either way
     m.norm_eps = 1e-6  # epsilon of every norm (Flax default, as in the paper)
     m.rope_base = 10000.0  # RoPE wavelength base (rotate-half convention)
     m.tie_embeddings = False  # share the input embedding with the output head (the paper: untied)
     m.init = "fan_in"  # init registry key (models/layers.py): fan_in = embed N(0,1/d), kernels trunc-normal 1/sqrt(fan_in)
+    #                    | small = every weight N(0, 2/(5d)), Wo and W2 further / sqrt(2L) (Spike No More, spec §7)
     m.dtype = "bfloat16"  # matmul/activation dtype; softmax, logsumexp and norm statistics always run in float32
     m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
     m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.

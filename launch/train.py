@@ -30,7 +30,7 @@ from flax import nnx
 
 import optim
 from launch import checkpoint, configs, data, mesh as mesh_lib, metrics as metrics_lib
-from models import transformer
+from models import layers, transformer
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,6 +62,36 @@ class Program:
     train_step: Callable  # (state, batch, hparams) -> (state, metrics)   pure, unjitted
     eval_step: Callable  # (state, batch) -> ce
     diagnose: Callable  # (state, batch, hparams) -> diagnostics dict
+
+
+def adam_attenuation(opt_state, eps, b1, b2) -> dict:
+    """Adam's ε attenuation per tensor, RMS(m̂/(√v̂+ε)) / RMS(m̂/√v̂) (Wortsman et al. 2023 §3.4; spec optimizers
+    §4(a)), from every `optax.ScaleByAdamState` in `opt_state` (optim.adam's state; SPAM's differs and is skipped).
+    m̂, v̂ are bias-corrected with the state's count. 1 means no attenuation; r/(r+ε) for a constant gradient r.
+    Entries with v̂ = 0 count as 0 in both RMS; a tensor with none left reports 1."""
+    out = {}
+    for _, s in optax.tree_utils.tree_get_all_with_path(opt_state, "ScaleByAdamState"):
+        k = s.count.astype(jnp.float32)
+        r1, r2 = 1.0 / (1.0 - b1**k), 1.0 / (1.0 - b2**k)
+
+        def ratio(m, v):
+            m_hat, sqrt_v = m.astype(jnp.float32) * r1, jnp.sqrt(v.astype(jnp.float32) * r2)
+            den = rms(jnp.where(sqrt_v > 0, m_hat / jnp.where(sqrt_v > 0, sqrt_v, 1.0), 0.0))
+            return jnp.where(den > 0, rms(m_hat / (sqrt_v + eps)) / jnp.where(den > 0, den, 1.0), 1.0)
+
+        flat_mu = jax.tree_util.tree_flatten_with_path(s.mu)[0]
+        for (path, m), v in zip(flat_mu, jax.tree.leaves(s.nu)):
+            out[f"adam_attenuation/{_path_name(path)}"] = ratio(m, v)
+    return out
+
+
+def embedding_metrics(model, batch_BxS) -> dict:
+    """TEV of the input embedding table (Chung et al. 2024; spec §2(a)): over all rows, and over the rows of the
+    tokens in the diagnosed batch (a subset of the tokens seen in training: never-seen rows stay near their init)."""
+    table_VxD = model.embed.embedding[...]
+    seen_V = jnp.zeros(table_VxD.shape[0], bool).at[batch_BxS.reshape(-1)].set(True)
+    (mu, sigma), (mu_b, sigma_b) = layers.tev(table_VxD), layers.tev(table_VxD, seen_V)
+    return {"tev_mu": mu, "tev_sigma": sigma, "tev_batch_mu": mu_b, "tev_batch_sigma": sigma_b}
 
 
 def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
@@ -126,15 +156,42 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         return aux["ce"]
 
     def diagnose(state, batch_BxS, hparams):
-        """DESIGN §5 diagnostics on one batch, without changing the state (the run's trajectory is unaffected)."""
-        (_, (aux, diag, _)), grads = grad_fn(state["params"], state["rest"], batch_BxS, True)
+        """DESIGN §5 diagnostics on one batch, without changing the state (the run's trajectory is unaffected).
+
+        Metric names (stable: metrics.jsonl, TensorBoard and launch.report use them); `/layer_i` is the block index,
+        `<path>` a parameter path such as blocks/0/attn/q/kernel, `<module>` a module path such as blocks/0/attn/q:
+
+        | name                                | meaning                                                                    |
+        |-------------------------------------|----------------------------------------------------------------------------|
+        | attn_max_logit/layer_i              | max pre-softmax logit q·k/sqrt(Dh) over the batch (softplus: max stage-1   |
+        |                                     | pre-activation log(Dh)·log(i)·q̂·k̂)                                         |
+        | attn_max_logit_{global,local}/layer_i | ls only: the same per head group                                         |
+        | attn_entropy/layer_i                | attention entropy -Σ_j A_ij log(A_ij + 1e-6), mean over batch, heads, rows |
+        | attn_entropy_per_head/layer_i       | the same per head (a vector: one TensorBoard scalar per head)              |
+        | attn_degenerate_frac/layer_i        | softplus with reweight: fraction of rows that re-weighting zeroed          |
+        | logz_mean, logz_sq_mean             | mean log Z and mean log² Z of the output logits                            |
+        | logit_mean, logit_min, logit_max    | output-logit statistics                                                    |
+        | tev_mu, tev_sigma                   | token-embedding variability: mean and std over all rows of std_j E_ij      |
+        | tev_batch_mu, tev_batch_sigma       | the same over the rows of the tokens in the diagnosed batch                |
+        | param_rms/<path>                    | RMS of each parameter tensor                                               |
+        | grad_rms/<path>                     | RMS of each gradient tensor (before clipping)                              |
+        | update_rms/<path>                   | RMS of each update tensor (what is added to the parameter)                 |
+        | adam_attenuation/<path>             | RMS(m̂/(√v̂+ε)) / RMS(m̂/√v̂) after this step's moment update (adamw only)     |
+        | sigma/<module>                      | σReparam: power-iteration estimate of σ(W) (one step from the stored u)    |
+        | gamma/<module>, gamma_over_sigma/<module> | σReparam: the learned γ, and γ/σ (the scale applied to W)            |
+        """
+        (_, (aux, diag, rest)), grads = grad_fn(state["params"], state["rest"], batch_BxS, True)
         tx = optim.make_optimizer(cfg.optim, total_steps, hparams)
-        updates, _ = tx.update(grads, state["opt_state"], state["params"], loss=aux["ce"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], loss=aux["ce"])
+        model = nnx.merge(graphdef, state["params"], rest)  # this forward's σReparam estimates; never kept
         out = {k: v for k, v in aux.items() if k not in ("ce", "z_loss")}
         out.update(diag)
+        out.update(embedding_metrics(model, batch_BxS[:, :-1]))
+        out.update(layers.sigma_reparam_metrics(model))
         out.update(per_tensor_rms(state["params"], "param_rms"))
         out.update(per_tensor_rms(grads, "grad_rms"))
         out.update(per_tensor_rms(updates, "update_rms"))
+        out.update(adam_attenuation(opt_state, hparams["eps"], hparams["b1"], hparams["b2"]))
         return out
 
     return Program(cfg, graphdef, mesh, state_shardings, init, train_step, eval_step, diagnose)
@@ -185,26 +242,45 @@ def _finite_float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def evaluate_loss(evaluate, state, source, cfg, mesh) -> float:
+def due(every: int, step_num: int, total: int) -> bool:
+    """Whether a periodic action (log, eval, checkpoint) runs after `step_num` steps: every `every`, and at the end."""
+    return step_num == total or (every > 0 and step_num % every == 0)
+
+
+def diverged(loss, ce, threshold):
+    """The divergence rule (DESIGN §8), elementwise: a non-finite loss, or training CE above the threshold.
+
+    Used on the host by `RunRecord` and inside the batched sweep step, so both agree step for step.
+    """
+    return jnp.logical_or(~jnp.isfinite(loss), jnp.asarray(ce) > threshold)  # compared in float32 on both sides
+
+
+def evaluate_loss(evaluate, state, source, cfg, mesh):
+    """Mean eval CE over `train.eval_batches` held-out batches: a float, or one per member for a batched state."""
     losses = [
         evaluate(state, mesh_lib.global_batch(mesh, source.batch(i, split="eval"))) for i in range(cfg.train.eval_batches)
     ]
-    return float(np.mean(jax.device_get(losses)))
+    return np.mean(jax.device_get(losses), axis=0)
 
 
-def train(cfg, workdir: str | Path) -> dict:
-    """Trains (or resumes, or does nothing if finished) the run in `workdir`; returns its summary."""
-    workdir = Path(workdir)
-    is_main = jax.process_index() == 0
-    configs.validate(cfg, n_devices=jax.device_count(), n_processes=jax.process_count())
-    summary_path = workdir / "summary.json"
-    configs.claim_workdir(cfg, workdir, write=is_main)
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished"):
-            print(f"{workdir}: already finished (summary.json); nothing to do", flush=True)
-            return summary
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What runs of one program share: mesh, data source, program and its jitted functions.
 
+    Runs whose configs differ only in optimizer scalars (optim.HPARAM_KEYS) may share one Runtime: those scalars
+    are traced arguments, so the compiled step is reused (launch.sweep keeps a cache of these).
+    """
+
+    mesh: jax.sharding.Mesh
+    source: data.TokenSource
+    prog: Program
+    init: Callable
+    step: Callable
+    evaluate: Callable
+    diagnose: Callable
+
+
+def make_runtime(cfg) -> Runtime:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     source = data.make_source(
         cfg.data,
@@ -214,106 +290,169 @@ def train(cfg, workdir: str | Path) -> dict:
         process_count=jax.process_count(),
     )
     prog = build_program(cfg, mesh)
-    init, step_fn, evaluate, diagnose = jit_program(prog)
+    return Runtime(mesh, source, prog, *jit_program(prog))
+
+
+class RunRecord:
+    """The host side of one run: metrics rows, progress lines, the divergence rule, and summary.json.
+
+    `train` feeds it its run's metrics; the batched sweep executor (launch/sweep.py) feeds one per member with
+    the member's slice of the batched metrics, so both write the same files by the same rules.
+    """
+
+    def __init__(self, cfg, workdir: Path, *, start: int, initial_loss: float, n_params: int, verbose: bool):
+        self.cfg, self.workdir, self.start = cfg, workdir, start
+        self.is_main = jax.process_index() == 0
+        self.verbose = verbose and self.is_main
+        self.initial_loss, self.n_params = initial_loss, n_params
+        self.total = int(cfg.train.steps)
+        self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        self.threshold = initial_loss + cfg.train.divergence_margin
+        self.progress = Progress(self.total, enabled=cfg.train.progress and self.verbose)
+        if start == 0 and self.is_main:  # rows of an attempt killed before its first checkpoint are stale
+            (workdir / "metrics.jsonl").unlink(missing_ok=True)
+        self.writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=self.is_main)
+        if start == 0:
+            self.writer.write(0, {"eval_loss": initial_loss})
+        self.diverged_at, self.last_window, self.eval_loss = None, [], None
+        if start == self.total:  # killed between the final checkpoint and summary.json: recover the end rows
+            end = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if r["step"] == start]
+            self.last_window = [r["ce_mean"] for r in end if r.get("ce_mean") is not None][-1:]
+            self.eval_loss = next((r["eval_loss"] for r in reversed(end) if "eval_loss" in r), None)
+        self.t_start = self.t_window = time.time()
+        self.timed_tokens, self.timed_seconds = 0, 0.0
+
+    def write(self, step: int, metrics: dict) -> None:
+        self.writer.write(step, metrics)
+
+    def log_window(self, rows: list[tuple[int, dict]]) -> bool:
+        """Records the host metrics of the steps since the last log step; True when the run diverged in them."""
+        now = time.time()
+        window_tokens, window_seconds = self.tokens_per_step * len(rows), now - self.t_window
+        if rows[0][0] > self.start + 1:  # the first window after a (re)start includes compilation: not timed
+            self.timed_tokens += window_tokens
+            self.timed_seconds += window_seconds
+        tok_s = window_tokens / max(window_seconds, 1e-9)
+        self.t_window = now
+        bad = np.asarray(diverged(*(np.array([r[k] for _, r in rows]) for k in ("loss", "ce")), self.threshold))
+        s, r = rows[int(bad.argmax())] if bad.any() else rows[-1]
+        if bad.any():
+            self.diverged_at = s
+        self.last_window = [float(row["ce"]) for _, row in rows]
+        self.writer.write(s, {**r, "ce_mean": np.mean(self.last_window), "tokens_per_second": tok_s})
+        eta = (self.total - s) * (now - self.t_start) / max(s - self.start, 1)
+        self.progress(s, float(r["loss"]), float(r["lr"]), tok_s, eta)
+        if self.diverged_at is not None and self.verbose:
+            print(f"diverged at step {s} (loss {float(r['loss']):.4g} > {self.threshold:.4g} or non-finite)")
+        return self.diverged_at is not None
+
+    def log_eval(self, step: int, eval_loss: float) -> bool:
+        """Records an eval loss; True (diverged) when it is not finite."""
+        self.eval_loss = float(eval_loss)
+        self.writer.write(step, {"eval_loss": self.eval_loss})
+        if not math.isfinite(self.eval_loss):
+            self.diverged_at = step
+        return self.diverged_at is not None
+
+    def finish(self) -> dict:
+        """Writes summary.json (DESIGN §3) and closes the writers; returns the summary."""
+        wall = time.time() - self.t_start
+        ok = self.diverged_at is None
+        summary = dict(
+            finished=True,
+            diverged=not ok,
+            diverged_at_step=self.diverged_at,
+            initial_loss=self.initial_loss,
+            final_loss=_finite_float(np.mean(self.last_window)) if self.last_window and ok else None,
+            eval_loss=_finite_float(self.eval_loss) if self.eval_loss is not None and ok else None,
+            steps=self.total if ok else self.diverged_at,
+            tokens=self.total * self.tokens_per_step,
+            tokens_per_second=self.timed_tokens / self.timed_seconds if self.timed_seconds else None,
+            wall_seconds=wall,
+            n_params=self.n_params,
+            lr=float(self.cfg.optim.lr),
+        )
+        self.writer.close()
+        if self.is_main:
+            metrics_lib.write_json_atomic(self.workdir / "summary.json", summary)
+        if self.verbose:
+            print(
+                f"done: {'finished' if ok else f'DIVERGED at step {self.diverged_at}'}; "
+                f"final loss {summary['final_loss']}, eval loss {summary['eval_loss']}, {wall:.1f}s",
+                flush=True,
+            )
+        return summary
+
+
+def finished_summary(workdir: Path) -> dict | None:
+    """The summary of a finished run in `workdir`, or None."""
+    path = workdir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else None
+    return summary if summary and summary.get("finished") else None
+
+
+def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: bool = True) -> dict:
+    """Trains (or resumes, or does nothing if finished) the run in `workdir`; returns its summary.
+
+    `runtime` (from `make_runtime` of a config equal up to optimizer scalars) skips building and compiling anew;
+    `verbose=False` silences the start, progress and done lines.
+    """
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    configs.validate(cfg, n_devices=jax.device_count(), n_processes=jax.process_count())
+    configs.claim_workdir(cfg, workdir, write=is_main)
+    summary = finished_summary(workdir)
+    if summary is not None:
+        if verbose:
+            print(f"{workdir}: already finished (summary.json); nothing to do", flush=True)
+        return summary
+
+    rt = runtime or make_runtime(cfg)
+    mesh, source = rt.mesh, rt.source
     hparams = hparams_array(cfg)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_ckpts)
 
-    abstract_state = jax.eval_shape(init)
+    abstract_state = jax.eval_shape(rt.init)
     abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, prog.state_shardings
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, rt.prog.state_shardings
     )
     start, state = ckpt.restore_latest(abstract_state)
     if state is None:
-        start, state = 0, init()
-        state["initial_loss"] = jnp.asarray(evaluate_loss(evaluate, state, source, cfg, mesh), jnp.float32)
-    else:
+        start, state = 0, rt.init()
+        initial = jnp.asarray(evaluate_loss(rt.evaluate, state, source, cfg, mesh), jnp.float32)
+        state["initial_loss"] = jax.device_put(initial, rt.prog.state_shardings["initial_loss"])  # as steps return it
+    elif verbose:
         print(f"resuming {workdir} from step {start}", flush=True)
     initial_loss = float(state["initial_loss"])
     n_params = transformer.count_params(state["params"])
-
-    writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=is_main)
     total = int(cfg.train.steps)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    progress = Progress(total, enabled=cfg.train.progress and is_main)
-    if start == 0 and is_main:
+    if start == 0 and verbose and is_main:
         print(
             f"{workdir}: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, {total} steps of "
             f"{cfg.data.batch_size}x{cfg.data.seq_len} tokens, initial loss {initial_loss:.4f}",
             flush=True,
         )
-        writer.write(0, {"eval_loss": initial_loss})
+    record = RunRecord(cfg, workdir, start=start, initial_loss=initial_loss, n_params=n_params, verbose=verbose)
 
-    threshold = initial_loss + cfg.train.divergence_margin
-    diverged_at, pending, last_window = None, [], []
-    eval_loss = None
-    t_start, timed_tokens, timed_seconds = time.time(), 0, 0.0
-    t_window = time.time()
-
+    pending = []
     for step in range(start, total):
         step_num = step + 1  # steps completed after this update
         batch = mesh_lib.global_batch(mesh, source.batch(step))
         if cfg.train.diag_every and step_num % cfg.train.diag_every == 0:
-            writer.write(step_num, jax.device_get(diagnose(state, batch, hparams)))
-        state, m = step_fn(state, batch, hparams)
+            record.write(step_num, jax.device_get(rt.diagnose(state, batch, hparams)))
+        state, m = rt.step(state, batch, hparams)
         pending.append((step_num, m))
-
-        is_last = step_num == total
-        if step_num % cfg.train.log_every == 0 or is_last:
-            rows = jax.device_get(pending)
-            now = time.time()
-            window_tokens, window_seconds = tokens_per_step * len(pending), now - t_window
-            if pending[0][0] > start + 1:  # the first window after a (re)start includes compilation: not timed
-                timed_tokens += window_tokens
-                timed_seconds += window_seconds
-            tok_s = window_tokens / max(window_seconds, 1e-9)
-            t_window = now
-            for s, r in rows:
-                if not math.isfinite(float(r["loss"])) or float(r["ce"]) > threshold:
-                    diverged_at = s
-                    break
-            last_window = [float(r["ce"]) for _, r in rows]
-            s, r = rows[-1] if diverged_at is None else next(x for x in rows if x[0] == diverged_at)
-            writer.write(s, {**r, "tokens_per_second": tok_s})
-            progress(s, float(r["loss"]), float(r["lr"]), tok_s, (total - s) * (now - t_start) / max(s - start, 1))
+        if due(cfg.train.log_every, step_num, total):
+            if record.log_window(jax.device_get(pending)):
+                break
             pending = []
-            if diverged_at is not None:
-                print(f"diverged at step {diverged_at} (loss {float(r['loss']):.4g} > {threshold:.4g} or non-finite)")
+        if cfg.train.eval_every and due(cfg.train.eval_every, step_num, total):
+            if record.log_eval(step_num, evaluate_loss(rt.evaluate, state, source, cfg, mesh)):
                 break
-
-        if cfg.train.eval_every and (step_num % cfg.train.eval_every == 0 or is_last):
-            eval_loss = evaluate_loss(evaluate, state, source, cfg, mesh)
-            writer.write(step_num, {"eval_loss": eval_loss})
-            if not math.isfinite(eval_loss):
-                diverged_at = step_num
-                break
-        if (cfg.train.ckpt_every and step_num % cfg.train.ckpt_every == 0) or is_last:
+        if due(cfg.train.ckpt_every, step_num, total):
             ckpt.save(step_num, state)
-
-    wall = time.time() - t_start
-    summary = dict(
-        finished=True,
-        diverged=diverged_at is not None,
-        diverged_at_step=diverged_at,
-        initial_loss=initial_loss,
-        final_loss=_finite_float(np.mean(last_window)) if last_window and diverged_at is None else None,
-        eval_loss=_finite_float(eval_loss) if eval_loss is not None and diverged_at is None else None,
-        steps=int(cfg.train.steps) if diverged_at is None else diverged_at,
-        tokens=int(cfg.train.steps) * tokens_per_step,
-        tokens_per_second=timed_tokens / timed_seconds if timed_seconds else None,
-        wall_seconds=wall,
-        n_params=n_params,
-        lr=float(cfg.optim.lr),
-    )
-    writer.close()
     ckpt.close()
-    if is_main:
-        metrics_lib.write_json_atomic(summary_path, summary)
-        print(
-            f"done: {'DIVERGED at step ' + str(diverged_at) if diverged_at else 'finished'}; "
-            f"final loss {summary['final_loss']}, eval loss {summary['eval_loss']}, {wall:.1f}s",
-            flush=True,
-        )
-    return summary
+    return record.finish()
 
 
 def main(argv) -> None:

@@ -1,15 +1,28 @@
-"""Causal self-attention: projections, optional qk-layernorm, RoPE, and a registry of attention kernels.
+"""Causal self-attention: projections, optional qk-layernorm, RoPE, and a registry of attention variants.
 
-`Attention` owns the parameters (Wq, Wk, Wv: [d, H, Dh]; Wo: [H, Dh, d]) and the optional per-head qk-layernorm;
-the kernel that turns (q, k, v) into the mixed values is looked up in `KERNELS` by `model.attention`, so a
-variant that changes only the attention pattern is one function and one registry entry.
+`Attention` owns the parameters (Wq, Wk, Wv: [d, H, Dh]; Wo: [H, Dh, d]) and the optional per-head qk-layernorm.
+`model.attention` selects an entry of `ATTENTIONS`: the kernel that turns (q, k, v) into the mixed values, and how
+the q/k/v projections are built. A variant is one kernel class (or projection) plus one registry entry:
+
+  softmax   softmax(q kᵀ/sqrt(Dh) + causal mask) v                           (baseline; Wortsman et al. 2023)
+  ls        Long-Short attention: n_global full-causal heads, the others causal sliding-window heads
+            (Hajra 2025, spec §1)
+  softplus  LSSA / LSSAR: L2-normalised q, k, softplus with a log(Dh)·log(N) scale, l1 rows, optional re-weighting
+            (Gao & Spratling 2025, spec §4)
+  mlra      softmax attention whose Wq, Wk, Wv are low-rank products A·B (Chung et al. 2024, spec §2)
+
+Methods that constrain the logits through Q/K (qk-layernorm, LSSA's L2 normalisation, σReparam on Wq/Wk) are not
+stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
 
 Diagnostics (DESIGN §5) are computed only when asked for (diagnostic steps): they materialise the fp32 logit
-matrix, which the fast path never does.
+matrix, which the fast paths never do. Every kernel reports `attn_max_logit`, `attn_entropy` and
+`attn_entropy_per_head` (plus the variant's own extras, see each kernel).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -55,18 +68,166 @@ def attention_diagnostics(z_BxHxTxT: jax.Array, probs_BxHxTxT: jax.Array, eps: f
     }
 
 
-def softmax_kernel(q, k, v, *, scale: float, impl: str, diagnostics: bool):
-    """softmax(q k^T * scale + causal mask) v. Fast path: jax.nn.dot_product_attention (cuDNN flash on GPU)."""
-    if not diagnostics:
-        out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=impl)
-        return out, {}
-    z = causal_logits(q, k, scale)
-    probs = jax.nn.softmax(z, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    return out, attention_diagnostics(z, probs)
+def softmax_mix(z_BxHxTxT: jax.Array, v_BxTxHxK: jax.Array) -> tuple[jax.Array, dict]:
+    """softmax over keys of masked fp32 logits, the mixed values, and the diagnostics of those logits."""
+    probs = jax.nn.softmax(z_BxHxTxT, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxTxHxK.dtype), v_BxTxHxK)
+    return out, attention_diagnostics(z_BxHxTxT, probs)
 
 
-KERNELS: dict[str, Callable] = {"softmax": softmax_kernel}
+@dataclasses.dataclass(frozen=True)
+class SoftmaxKernel:
+    """softmax(q kᵀ · scale + causal mask) v. Fast path: jax.nn.dot_product_attention (cuDNN flash on GPU)."""
+
+    scale: float
+    impl: str
+
+    @classmethod
+    def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftmaxKernel:
+        return cls(scale=1.0 / math.sqrt(head_dim), impl=resolve_impl(cfg.attention_impl, jnp.dtype(cfg.dtype)))
+
+    def __call__(self, q, k, v, diagnostics: bool):
+        if not diagnostics:
+            return jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True, implementation=self.impl), {}
+        return softmax_mix(causal_logits(q, k, self.scale), v)
+
+
+def long_short_mask(T: int, n_heads: int, n_global: int, window: int) -> jax.Array:
+    """bool[H, T, T]: head h < n_global sees keys j <= i; a local head sees i - window < j <= i (spec §1(a)).
+
+    Head indices 0..n_global-1 are the global heads [D]; a local head's window holds `window` keys including the
+    query itself [D].
+    """
+    i, j = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+    causal_TxT = j <= i
+    local_TxT = causal_TxT & (i - j < window)
+    is_global_H = jnp.arange(n_heads) < n_global
+    return jnp.where(is_global_H[:, None, None], causal_TxT[None], local_TxT[None])
+
+
+@dataclasses.dataclass(frozen=True)
+class LongShortKernel:
+    """LS-attention (Hajra 2025, arXiv 2505.15548 [S]; spec §1): the first `n_global` heads attend causally to
+    every key, the others to the last `window` keys only. Same projections as MHSA, so the same parameters.
+
+    Fast path: two jax.nn.dot_product_attention calls, the local one with local_window_size=(window-1, 0) (keys
+    i-window+1..i; checked against `long_short_mask` in tests/test_variants.py on the XLA path). Diagnostics use
+    the explicit mask and add the max logit per head group: attn_max_logit_global, attn_max_logit_local.
+    """
+
+    scale: float
+    impl: str
+    n_global: int
+    window: int
+
+    @classmethod
+    def from_config(cls, cfg, n_heads: int, head_dim: int) -> LongShortKernel:
+        if not 0 <= cfg.ls.n_global <= n_heads:
+            raise ValueError(f"model.ls.n_global={cfg.ls.n_global} must be in [0, model.n_heads={n_heads}]")
+        if cfg.ls.window < 1:
+            raise ValueError(f"model.ls.window={cfg.ls.window} must be >= 1")
+        softmax = SoftmaxKernel.from_config(cfg, n_heads, head_dim)
+        return cls(scale=softmax.scale, impl=softmax.impl, n_global=cfg.ls.n_global, window=cfg.ls.window)
+
+    def __call__(self, q, k, v, diagnostics: bool):
+        _, T, H, _ = q.shape
+        g = self.n_global
+        if diagnostics:
+            mask_HxTxT = long_short_mask(T, H, g, self.window)
+            z = jnp.where(mask_HxTxT[None], causal_logits(q, k, self.scale), -jnp.inf)
+            out, diag = softmax_mix(z, v)
+            groups = {"global": z[:, :g], "local": z[:, g:]}
+            diag.update({f"attn_max_logit_{name}": jnp.max(zg) for name, zg in groups.items() if zg.shape[1]})
+            return out, diag
+        attend = functools.partial(
+            jax.nn.dot_product_attention, scale=self.scale, is_causal=True, implementation=self.impl
+        )
+        parts = []
+        if g:
+            parts.append(attend(q[:, :, :g], k[:, :, :g], v[:, :, :g]))
+        if g < H:
+            parts.append(attend(q[:, :, g:], k[:, :, g:], v[:, :, g:], local_window_size=(self.window - 1, 0)))
+        return jnp.concatenate(parts, axis=2) if len(parts) > 1 else parts[0], {}
+
+
+# LSSAR's offset matrix O is all ones except its first rows, which are zero for early-row stability (spec §4(a) [S]).
+LSSAR_OFFSET_FREE_ROWS = 3
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+
+
+def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, eps: float):
+    """LSSA (stage 1) and LSSAR (stage 2) attention weights for queries at 0-based positions `pos_Q` (spec §4(a)).
+
+    Stage 1 (Gao & Spratling, eq. 4 [S]): q, k L2-normalised; A = softplus(log(Dh)·log(N) · q kᵀ) ⊙ M' with
+    N_ij = i (1-based query position) and M' the 0/1 causal mask; rows l1-normalised. Stage 2 (eq. 5 [S], `reweight`):
+    A = ReLU(A ⊙ N − O)^p, rows l1-normalised again, O = 1 except rows 1..3 = 0. float32 throughout (x^15).
+    Returns (stage-1 pre-activations s [B, H, Q, T], weights [B, H, Q, T]); entries above the diagonal are 0.
+    """
+    Dh, T = q_BxQxHxK.shape[-1], k_BxTxHxK.shape[1]
+    q = _l2_normalize(q_BxQxHxK.astype(jnp.float32))
+    k = _l2_normalize(k_BxTxHxK.astype(jnp.float32))
+    n_Qx1 = (pos_Q + 1).astype(jnp.float32)[:, None]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (math.log(Dh) * jnp.log(n_Qx1))
+    causal_QxT = jnp.arange(T)[None, :] <= pos_Q[:, None]
+    a = jnp.where(causal_QxT, jax.nn.softplus(s), 0.0)
+    a = a / (a.sum(-1, keepdims=True) + eps)
+    if reweight:
+        offset_Qx1 = jnp.where(n_Qx1 > LSSAR_OFFSET_FREE_ROWS, 1.0, 0.0)
+        a = jnp.maximum(a * n_Qx1 - offset_Qx1, 0.0) ** power
+        a = a / (a.sum(-1, keepdims=True) + eps)
+    return s, a
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftplusKernel:
+    """LSSA / LSSAR attention (Gao & Spratling 2025, arXiv 2501.13428; spec §4), replacing softmax(q kᵀ/sqrt(Dh)).
+
+    q and k arrive after RoPE and are L2-normalised here (order RoPE -> L2 [D]); there is no 1/sqrt(Dh), the mask
+    is multiplicative and no parameter depends on the length, so a model trained at length T evaluates at any
+    length. `query_chunk` > 0 processes queries in blocks of that many (memory [B, H, chunk, T] instead of
+    [B, H, T, T]) on the fast path, for long-context evaluation. Diagnostics: attn_max_logit is the stage-1
+    pre-activation max; attn_degenerate_frac the fraction of rows that re-weighting zeroed (spec §4(e)2).
+    """
+
+    reweight: bool
+    power: int
+    eps: float
+    query_chunk: int
+
+    @classmethod
+    def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftplusKernel:
+        sp = cfg.softplus
+        if sp.power < 1 or sp.query_chunk < 0:
+            raise ValueError(f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk} >= 0")
+        return cls(reweight=sp.reweight, power=sp.power, eps=sp.eps, query_chunk=sp.query_chunk)
+
+    def __call__(self, q, k, v, diagnostics: bool):
+        B, T, H, K = q.shape
+        weights = functools.partial(lssar_weights, reweight=self.reweight, power=self.power, eps=self.eps)
+        v32 = v.astype(jnp.float32)
+        mix = lambda a: jnp.einsum("bhqk,bkhd->bqhd", a, v32)
+        if diagnostics:
+            s, a = weights(q, k, jnp.arange(T))
+            diag = attention_diagnostics(jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -jnp.inf), a)
+            if self.reweight:
+                diag["attn_degenerate_frac"] = jnp.mean(jnp.max(a, axis=-1) == 0.0)
+            return mix(a).astype(v.dtype), diag
+        C = self.query_chunk if 0 < self.query_chunk < T else T
+        n_chunks = -(-T // C)
+        q_pad = jnp.pad(q, ((0, 0), (0, n_chunks * C - T), (0, 0), (0, 0)))
+
+        def chunk(i):
+            pos_C = i * C + jnp.arange(C)
+            return mix(weights(jax.lax.dynamic_slice_in_dim(q_pad, i * C, C, axis=1), k, pos_C)[1])
+
+        if n_chunks == 1:
+            return chunk(0).astype(v.dtype), {}
+        out_NxBxCxHxK = jax.lax.map(chunk, jnp.arange(n_chunks))
+        out = jnp.moveaxis(out_NxBxCxHxK, 0, 1).reshape(B, n_chunks * C, H, K)[:, :T]
+        return out.astype(v.dtype), {}
 
 
 def resolve_impl(name: str, dtype: jnp.dtype) -> str:
@@ -79,29 +240,115 @@ def resolve_impl(name: str, dtype: jnp.dtype) -> str:
     return name
 
 
+class LowRankProjection(nnx.Module):
+    """An MLRA projection x -> q (or k, v): [B, T, d] -> [B, T, H, Dh] through rank r (Chung et al. 2024, §3 [R];
+    spec §2(a)). The exact parameterisation is not in reachable sources [U]; both forms are available:
+
+      per head (default [D]):  W_h = A_h B_h,  A: [d, H, r],  B: [H, r, Dh]      (H·r·(d + Dh) parameters)
+      shared latent:           W = A B,        A: [d, r],     B: [r, H, Dh]      (r·(d + H·Dh) parameters)
+
+    Both factors are drawn from N(0, init_std²), init_std = 0.02 as in GPT-2 [R], whatever `model.init` says, so at
+    init Var(q) = d·r·0.02⁴·Var(x): r·0.02² times that of a single N(0, 0.02²) matrix (spec §2(a), check 2).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rank: int, shared_latent: bool, init_std: float,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(init_std)
+        if shared_latent:
+            a_shape, a_axes = (d_model, rank), ("embed", None)
+            b_shape, b_axes = (rank, n_heads, head_dim), (None, "heads", "head_dim")
+            self.equations = ("btd,dr->btr", "btr,rhe->bthe")
+        else:
+            a_shape, a_axes = (d_model, n_heads, rank), ("embed", "heads", None)
+            b_shape, b_axes = (n_heads, rank, head_dim), ("heads", None, "head_dim")
+            self.equations = ("btd,dhr->bthr", "bthr,hre->bthe")
+        self.a = nnx.Param(init(rngs.params(), a_shape, param_dtype), axes=a_axes)
+        self.b = nnx.Param(init(rngs.params(), b_shape, param_dtype), axes=b_axes)
+        self.dtype = dtype
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        dt = self.dtype
+        h = jnp.einsum(self.equations[0], x_BxTxD.astype(dt), self.a[...].astype(dt), preferred_element_type=dt)
+        return jnp.einsum(self.equations[1], h, self.b[...].astype(dt), preferred_element_type=dt)
+
+
+def dense_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+    """A full-rank q/k/v projection [d, H, Dh] (σReparam-wrapped when model.sigma_reparam)."""
+    init = layers.get_init(cfg).kernel(d_model)
+    axes = ("embed", "heads", "head_dim")
+    return layers.make_linear(cfg, (d_model,), (n_heads, head_dim), axes, init=init, rngs=rngs)
+
+
+def low_rank_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+    """An MLRA q/k/v projection of rank model.mlra.rank (0: Dh/2 [D])."""
+    if cfg.sigma_reparam:
+        raise ValueError("model.sigma_reparam does not apply to MLRA's low-rank factors; use one or the other")
+    rank = cfg.mlra.rank or head_dim // 2
+    if rank < 1:
+        raise ValueError(f"model.mlra.rank={cfg.mlra.rank} must be >= 0 (0 means head_dim // 2)")
+    return LowRankProjection(
+        d_model, n_heads, head_dim, rank=rank, shared_latent=cfg.mlra.shared_latent, init_std=cfg.mlra.init_std,
+        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionVariant:
+    """A `model.attention` choice: how the kernel is built and how each of Wq, Wk, Wv is built."""
+
+    kernel: Callable  # (model cfg, n_heads, head_dim) -> kernel(q, k, v, diagnostics) -> (out, diagnostics dict)
+    qkv: Callable  # (model cfg, *, d_model, n_heads, head_dim, rngs) -> module x_BxTxD -> [B, T, H, Dh]
+
+
+ATTENTIONS: dict[str, AttentionVariant] = {
+    "softmax": AttentionVariant(SoftmaxKernel.from_config, dense_qkv),
+    "ls": AttentionVariant(LongShortKernel.from_config, dense_qkv),
+    "softplus": AttentionVariant(SoftplusKernel.from_config, dense_qkv),
+    "mlra": AttentionVariant(SoftmaxKernel.from_config, low_rank_qkv),
+}
+
+
+def check_stacking(cfg) -> None:
+    """Refuses, unless model.allow_stacking, two of the methods that all bound the attention logits through Q/K:
+    qk-layernorm, LSSA's L2 normalisation (attention=softplus) and σReparam on Wq/Wk (spec §9: a stacked run is
+    comparable to neither paper)."""
+    on = [
+        name
+        for name, flag in (
+            ("model.qk_norm", cfg.qk_norm),
+            ("model.attention=softplus (L2-normalised q, k)", cfg.attention == "softplus"),
+            ("model.sigma_reparam", cfg.sigma_reparam),
+        )
+        if flag
+    ]
+    if len(on) > 1 and not cfg.allow_stacking:
+        raise ValueError(
+            f"{' and '.join(on)} both constrain the attention logits (spec §9); "
+            "set model.allow_stacking=True to stack them"
+        )
+
+
 class Attention(nnx.Module):
-    """Multi-head causal self-attention with RoPE and optional per-head qk-layernorm (Wortsman et al. §3.1)."""
+    """Multi-head causal self-attention with RoPE, optional per-head qk-layernorm (Wortsman et al. §3.1), and the
+    `model.attention` variant's projections and kernel."""
 
     def __init__(self, cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs):
-        if cfg.attention not in KERNELS:
-            raise ValueError(f"model.attention={cfg.attention!r} is unknown; choose one of {sorted(KERNELS)}")
-        init = layers.get_init(cfg.init)
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        proj = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
-        qkv_axes = ("embed", "heads", "head_dim")
-        self.q = layers.Linear((d_model,), (n_heads, head_dim), qkv_axes, init=init.kernel(d_model), **proj)
-        self.k = layers.Linear((d_model,), (n_heads, head_dim), qkv_axes, init=init.kernel(d_model), **proj)
-        self.v = layers.Linear((d_model,), (n_heads, head_dim), qkv_axes, init=init.kernel(d_model), **proj)
-        self.o = layers.Linear(
-            (n_heads, head_dim), (d_model,), ("heads", "head_dim", "embed"), init=init.kernel(n_heads * head_dim), **proj
+        if cfg.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention={cfg.attention!r} is unknown; choose one of {sorted(ATTENTIONS)}")
+        check_stacking(cfg)
+        variant = ATTENTIONS[cfg.attention]
+        shape = dict(d_model=d_model, n_heads=n_heads, head_dim=head_dim, rngs=rngs)
+        self.q, self.k, self.v = (variant.qkv(cfg, **shape) for _ in range(3))
+        self.o = layers.make_linear(
+            cfg, (n_heads, head_dim), (d_model,), ("heads", "head_dim", "embed"),
+            init=layers.get_init(cfg).out_kernel(n_heads * head_dim), rngs=rngs,
         )
         # Per-head qk-layernorm: one LayerNorm over Dh whose scale (Dh entries) is shared across heads; q and k
         # get separate norms [D]. Order: LN, then RoPE, then the dot product [D] (spec §6(a)).
         self.q_norm = nnx.data(layers.make_norm(cfg, head_dim, "head_dim") if cfg.qk_norm else None)
         self.k_norm = nnx.data(layers.make_norm(cfg, head_dim, "head_dim") if cfg.qk_norm else None)
-        self.kernel = KERNELS[cfg.attention]
-        self.impl = resolve_impl(cfg.attention_impl, dt)
-        self.scale = 1.0 / math.sqrt(head_dim)
+        self.kernel = variant.kernel(cfg, n_heads, head_dim)
+        self.scale = 1.0 / math.sqrt(head_dim)  # the softmax logit scale z = q·k / sqrt(Dh) (what causal_logits takes)
         self.rope_base = cfg.rope_base
 
     def __call__(self, x_BxTxD: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
@@ -109,5 +356,5 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q, self.rope_base), rope(k, self.rope_base)
-        out_BxTxHxK, diag = self.kernel(q, k, v, scale=self.scale, impl=self.impl, diagnostics=diagnostics)
+        out_BxTxHxK, diag = self.kernel(q, k, v, diagnostics)
         return self.o(out_BxTxHxK), diag

@@ -6,6 +6,17 @@ runtime (launch/mesh.py) maps them onto mesh axes. Modules never decide placemen
 Init rules (registry `INITS`, selected by `model.init`):
   fan_in  Wortsman et al. 2023 / nanodo (spec model-variants §6(b)): embedding N(0, 1/d); every other kernel a
           truncated normal with std 1/sqrt(fan_in) (jax's variance_scaling corrects the truncation).
+  small   Spike No More (Takase et al. 2023, condition 1 "small sub-layers"; spec §7(a)) [R]: every weight, the
+          embedding included, N(0, σ²) with σ = sqrt(2/(5d)) ("small init", Nguyen & Salazar 2019); the residual-branch
+          output projections (Wo, W2) get σ/sqrt(2L) (GPT-2/Megatron "scaled init").
+
+Embedding-output options (registry `EMBED_SCALES`, `model.embed_scale`; Spike No More, spec §7(a) [R]):
+  none       x0 = E[tokens]                    (std(x0) = σ_embed: "Vanilla" under `small` init)
+  scaled     x0 = sqrt(d) E[tokens]            ("Scaled Embed": std ≈ sqrt(2/5) under `small` init)
+  layernorm  x0 = LayerNorm(E[tokens])         ("Embed LN": std 1 at init; no bias, learned scale)
+
+σReparam (`SigmaReparamLinear`, `model.sigma_reparam`): Zhai et al. 2023, W_hat = (γ/σ(W)) W with one power
+iteration per forward on a stored vector (spec §3). Token-embedding variability `tev` (Chung et al. 2024, spec §2).
 """
 
 from __future__ import annotations
@@ -23,11 +34,12 @@ Initializer = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class InitRule:
-    """How to initialise the embedding table and the linear kernels of one model."""
+class Inits:
+    """The initializers of one model (an `INITS` rule applied to its config)."""
 
-    embed: Callable[[int], Initializer]  # d_model -> initializer of the [V, d] table
+    embed: Initializer  # the [V, d] token table
     kernel: Callable[[int], Initializer]  # fan_in -> initializer of a kernel
+    out_kernel: Callable[[int], Initializer]  # fan_in -> initializer of a residual-branch output kernel (Wo, W2)
 
 
 def _fan_in_kernel(fan_in: int) -> Initializer:
@@ -38,18 +50,33 @@ def _fan_in_kernel(fan_in: int) -> Initializer:
     return jax.nn.initializers.truncated_normal(std / 0.87962566103423978)
 
 
-INITS: dict[str, InitRule] = {
-    "fan_in": InitRule(
-        embed=lambda d: jax.nn.initializers.normal(1.0 / math.sqrt(d)),
-        kernel=_fan_in_kernel,
-    ),
-}
+def fan_in_init(cfg) -> Inits:
+    """Wortsman et al. 2023 / nanodo (spec §6(b)): embedding N(0, 1/d), kernels trunc-normal 1/sqrt(fan_in)."""
+    return Inits(
+        embed=jax.nn.initializers.normal(1.0 / math.sqrt(cfg.d_model)), kernel=_fan_in_kernel, out_kernel=_fan_in_kernel
+    )
 
 
-def get_init(name: str) -> InitRule:
-    if name not in INITS:
-        raise ValueError(f"model.init={name!r} is unknown; choose one of {sorted(INITS)}")
-    return INITS[name]
+def small_init(cfg) -> Inits:
+    """Spike No More's condition-1 init (spec §7(a) [R]): N(0, σ²), σ = sqrt(2/(5d)), for every weight including the
+    embedding; Wo and W2 get σ/sqrt(2L). Plain (untruncated) normal, as Megatron's init_method_normal [R]."""
+    std = math.sqrt(2.0 / (5 * cfg.d_model))
+    out_std = std / math.sqrt(2 * cfg.n_layers)
+    return Inits(
+        embed=jax.nn.initializers.normal(std),
+        kernel=lambda fan_in: jax.nn.initializers.normal(std),
+        out_kernel=lambda fan_in: jax.nn.initializers.normal(out_std),
+    )
+
+
+INITS: dict[str, Callable[..., Inits]] = {"fan_in": fan_in_init, "small": small_init}
+
+
+def get_init(cfg) -> Inits:
+    """The initializers selected by `model.init` for the model config `cfg`."""
+    if cfg.init not in INITS:
+        raise ValueError(f"model.init={cfg.init!r} is unknown; choose one of {sorted(INITS)}")
+    return INITS[cfg.init](cfg)
 
 
 def _dot(x, w, n_in: int, out_dtype):
@@ -116,11 +143,97 @@ class Linear(nnx.Module):
         self.dtype = dtype
         self.out_dtype = out_dtype or dtype
 
+    def weight(self) -> jax.Array:
+        """The kernel the matmul uses (`SigmaReparamLinear` reparametrises it)."""
+        return self.kernel[...]
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, w = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+        x, w = x.astype(self.dtype), self.weight().astype(self.dtype)
         if self.out_dtype == jnp.float32 and self.dtype != jnp.float32:
             return dot_wide_out(x, w, self.n_in)
         return _dot(x, w, self.n_in, self.out_dtype)
+
+
+class SpectralState(nnx.Variable):
+    """Non-trainable σReparam state: the power-iteration vector u and the latest σ estimate.
+
+    Not a Param, so it lives in the train state's `rest`: every forward writes the advanced u and σ back, the train
+    step keeps what its forward wrote, and eval / diagnostics discard theirs (the official code's "power step from
+    the stored u, no write-back" in eval mode, spec §3(a)).
+    """
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x), 1e-12)
+
+
+def power_iteration(w_IxO: jax.Array, u_O: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One power-iteration step for the spectral norm of `w_IxO` (Zhai et al. 2023; spec §3(a) [V-code]).
+
+    v = normalize(W u), u' = normalize(Wᵀ v) with stop-gradient; σ = vᵀ W u' is differentiable w.r.t. W (its
+    gradient is v u'ᵀ). Returns (σ, u'). float32 throughout.
+    """
+    w_IxO = w_IxO.astype(jnp.float32)
+    w_sg = jax.lax.stop_gradient(w_IxO)
+    v_I = _unit(w_sg @ jax.lax.stop_gradient(u_O))
+    u_O = _unit(w_sg.T @ v_I)
+    return v_I @ w_IxO @ u_O, u_O
+
+
+class SigmaReparamLinear(Linear):
+    """σReparam linear map (Zhai et al. 2023, "Stabilizing Transformer Training by Preventing Attention Entropy
+    Collapse"; spec §3, apple/ml-sigma-reparam [V-code]): W_hat = (γ / σ(W)) W with a learned scalar γ.
+
+    σ(W) is the spectral norm of the kernel viewed as a [fan_in, fan_out] matrix (a [d, H, Dh] query kernel is
+    reshaped to [d, H*Dh]), estimated by one `power_iteration` per forward from the stored u, which is initialised
+    to the top right-singular vector of W0 by an SVD (so σ is exact at step 0) [V-code]. γ0 = σ(W0) ("sigma0", the
+    official PyTorch code, used for LM: W_hat = W0 at init) or 1 ("one", the official JAX code) [D: sigma0].
+    γ is a 0-d Param, so the ndim >= 2 weight-decay mask leaves it alone (spec §10 [D]).
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, gamma_init: str, **kwargs):
+        super().__init__(in_shape, out_shape, axes, **kwargs)
+        if gamma_init not in ("sigma0", "one"):
+            raise ValueError(f"model.sigma_reparam_gamma_init={gamma_init!r} is unknown; choose sigma0 or one")
+        self.fan_in = math.prod(in_shape)
+        _, s_R, vh_RxO = jnp.linalg.svd(self.matrix(self.kernel[...]), full_matrices=False)
+        self.u = SpectralState(vh_RxO[0])
+        self.sigma = SpectralState(s_R[0])
+        gamma0 = s_R[0] if gamma_init == "sigma0" else jnp.ones([], jnp.float32)
+        self.gamma = nnx.Param(gamma0.astype(self.kernel.dtype), axes=())
+
+    def matrix(self, w: jax.Array) -> jax.Array:
+        """The kernel as a float32 [fan_in, fan_out] matrix."""
+        return w.astype(jnp.float32).reshape(self.fan_in, -1)
+
+    def weight(self) -> jax.Array:
+        w = self.kernel[...]
+        sigma, u_O = power_iteration(self.matrix(w), self.u[...])
+        self.u[...] = u_O
+        self.sigma[...] = jax.lax.stop_gradient(sigma)
+        return (self.gamma[...].astype(jnp.float32) / sigma) * w.astype(jnp.float32)
+
+
+def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.Rngs, reparam: bool | None = None,
+                out_dtype=None) -> Linear:
+    """A linear map of the model: `SigmaReparamLinear` if `reparam` (default: `model.sigma_reparam`), else `Linear`."""
+    kwargs = dict(
+        init=init, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs, out_dtype=out_dtype
+    )
+    if cfg.sigma_reparam if reparam is None else reparam:
+        return SigmaReparamLinear(in_shape, out_shape, axes, gamma_init=cfg.sigma_reparam_gamma_init, **kwargs)
+    return Linear(in_shape, out_shape, axes, **kwargs)
+
+
+def sigma_reparam_metrics(model: nnx.Module) -> dict:
+    """σ, γ and γ/σ (the scale applied to W) of every σReparam layer, keyed by module path (spec §3(c))."""
+    out = {}
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, SigmaReparamLinear):
+            name = "/".join(map(str, path))
+            sigma, gamma = module.sigma[...], module.gamma[...].astype(jnp.float32)
+            out.update({f"sigma/{name}": sigma, f"gamma/{name}": gamma, f"gamma_over_sigma/{name}": gamma / sigma})
+    return out
 
 
 class LayerNorm(nnx.Module):
@@ -163,6 +276,42 @@ def make_norm(cfg, dim: int, axis_name: str | None) -> nnx.Module:
     return NORMS[cfg.norm](
         dim, axis_name, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
     )
+
+
+class Scale(nnx.Module):
+    """x -> factor * x."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * jnp.asarray(self.factor, x.dtype)
+
+
+# model.embed_scale -> (model cfg) -> the module applied to the embedding output, or None (Spike No More, spec §7)
+EMBED_SCALES: dict[str, Callable] = {
+    "none": lambda cfg: None,
+    "scaled": lambda cfg: Scale(math.sqrt(cfg.d_model)),
+    "layernorm": lambda cfg: LayerNorm(
+        cfg.d_model, "embed", eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
+    ),
+}
+
+
+def make_embed_scale(cfg) -> nnx.Module | None:
+    if cfg.embed_scale not in EMBED_SCALES:
+        raise ValueError(f"model.embed_scale={cfg.embed_scale!r} is unknown; choose one of {sorted(EMBED_SCALES)}")
+    return EMBED_SCALES[cfg.embed_scale](cfg)
+
+
+def tev(embedding_VxD: jax.Array, row_mask_V: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Token-embedding variability (Chung et al. 2024, §2.2 [R]; spec §2(a)): TEV_i = std_j E_ij (ddof 0) per
+    token row; returns (mean_i TEV_i, std_i TEV_i) over all rows, or over the rows where `row_mask_V` is set."""
+    tev_V = jnp.std(embedding_VxD.astype(jnp.float32), axis=-1)
+    w_V = jnp.ones_like(tev_V) if row_mask_V is None else row_mask_V.astype(jnp.float32)
+    n = jnp.maximum(w_V.sum(), 1.0)
+    mu = (w_V * tev_V).sum() / n
+    return mu, jnp.sqrt((w_V * jnp.square(tev_V - mu)).sum() / n)
 
 
 class Embed(nnx.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from models import layers
@@ -13,10 +12,9 @@ class GeluMLP(nnx.Module):
     """x -> GELU(x W1) W2 with hidden width d_ff (4d in the paper), no biases."""
 
     def __init__(self, cfg, *, d_model: int, d_ff: int, rngs: nnx.Rngs):
-        init = layers.get_init(cfg.init)
-        kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
-        self.fc1 = layers.Linear((d_model,), (d_ff,), ("embed", "mlp"), init=init.kernel(d_model), **kw)
-        self.fc2 = layers.Linear((d_ff,), (d_model,), ("mlp", "embed"), init=init.kernel(d_ff), **kw)
+        init = layers.get_init(cfg)
+        self.fc1 = layers.make_linear(cfg, (d_model,), (d_ff,), ("embed", "mlp"), init=init.kernel(d_model), rngs=rngs)
+        self.fc2 = layers.make_linear(cfg, (d_ff,), (d_model,), ("mlp", "embed"), init=init.out_kernel(d_ff), rngs=rngs)
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x_BxTxD)))

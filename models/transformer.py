@@ -1,8 +1,10 @@
 """Decoder-only LM of Wortsman et al. 2023 (spec model-variants §6): embed -> pre-LN blocks -> final norm -> head.
 
 Pre-LN, no biases, RoPE, untied embedding/head by default, 4d GELU MLP, attention scale 1/sqrt(Dh), optional
-per-head qk-layernorm. Matmuls in `model.dtype`; norms, softmax and logsumexp in float32; logits in
-`model.logits_dtype` (float32 by default).
+per-head qk-layernorm. The stability variants plug in by config: `model.attention` (models/attention.py),
+`model.sigma_reparam` (every block linear, and the head with `model.sigma_reparam_head`), `model.embed_scale` and
+`model.init` (models/layers.py); with all of them off the model is the baseline, op for op. Matmuls in
+`model.dtype`; norms, softmax and logsumexp in float32; logits in `model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
 """
@@ -40,27 +42,31 @@ class Block(nnx.Module):
 
 class Transformer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        init = layers.get_init(cfg.init)
+        init = layers.get_init(cfg)
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.embed = layers.Embed(
-            cfg.vocab_size, cfg.d_model, init=init.embed(cfg.d_model), dtype=dt, param_dtype=pdt, rngs=rngs
-        )
+        self.embed = layers.Embed(cfg.vocab_size, cfg.d_model, init=init.embed, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.embed_scale = nnx.data(layers.make_embed_scale(cfg))  # Spike No More (spec §7); None for "none"
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = layers.make_norm(cfg, cfg.d_model, "embed")
         self.head = nnx.data(
             None
             if cfg.tie_embeddings
-            else layers.Linear(
-                (cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), init=init.kernel(cfg.d_model),
-                dtype=dt, param_dtype=pdt, rngs=rngs, out_dtype=jnp.dtype(cfg.logits_dtype),
+            else layers.make_linear(
+                cfg, (cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), init=init.kernel(cfg.d_model), rngs=rngs,
+                reparam=cfg.sigma_reparam and cfg.sigma_reparam_head, out_dtype=jnp.dtype(cfg.logits_dtype),
             )
         )
         self.remat = cfg.remat
         self.logits_dtype = jnp.dtype(cfg.logits_dtype)
 
+    def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
+        """x0: what enters block 0 (the embedding, then `model.embed_scale`)."""
+        x_BxTxD = self.embed(tokens_BxT)
+        return x_BxTxD if self.embed_scale is None else self.embed_scale(x_BxTxD)
+
     def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
-        x_BxTxD = self.embed(tokens_BxT)
+        x_BxTxD = self.embed_tokens(tokens_BxT)
         diag = {}
         for i, block in enumerate(self.blocks):
             if self.remat and not diagnostics:

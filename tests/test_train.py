@@ -61,6 +61,10 @@ def test_tiny_run_learns_on_synthetic(tmp_path):
     assert list((tmp_path / "tb").iterdir()), "no TensorBoard event file"
     # rerunning a finished run does nothing and returns the same summary
     assert train.train(cfg, tmp_path)["eval_loss"] == summary["eval_loss"]
+    # a kill between the final checkpoint and summary.json: the rerun recovers the same end numbers
+    (tmp_path / "summary.json").unlink()
+    again = train.train(cfg, tmp_path)
+    assert (again["final_loss"], again["eval_loss"]) == (summary["final_loss"], summary["eval_loss"])
 
 
 def test_too_high_lr_is_recorded_as_diverged(tmp_path):

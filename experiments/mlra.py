@@ -1,0 +1,56 @@
+"""TEV depth study: MLRA vs pre-LN baselines over depth and LR (Chung et al. 2024, arXiv 2409.07787; spec §2).
+
+Claim to check (§2(d) [R]): at fixed width, as depth grows the baseline's token-embedding variability (tev_mu,
+tev_sigma) rises together with loss spikes; MLRA (low-rank Wq, Wk, Wv) keeps TEV lower and ends at a lower loss,
+and the gap widens with depth. The paper's other baselines, Scaled Embed and Embed LN (Spike No More), are arms
+too. MLRA's parameterisation (per-head factors, rank Dh/2, N(0, 0.02²) factors) is our [D] reading of an
+unreachable text [U]; the blocks keep the base `fan_in` init rather than GPT-2's N(0, 0.02²) [D].
+
+Presets (`get_config(arg)`; the config is the MLRA model at the first depth):
+  tiny  CPU minutes: d=64, 2 heads, depths 2 / 4 / 8 on `classics`, 300 steps.
+  gpu   one H200: GPT-2-small width (d=768, 12 heads of 64), depths 12 / 24 / 48 [R], length 1024, batch 128,
+        10k steps, warmup 1k, no qk-layernorm.
+
+Sweep: arm (vanilla | mlra | scaled_embed | embed_ln) x model.n_layers x the LR grid. Diagnostics log tev_mu,
+tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's tokens) every train.diag_every steps.
+
+    python -m launch.sweep --config=experiments/mlra.py:tiny --workdir=runs/mlra_tiny
+"""
+
+from __future__ import annotations
+
+from experiments import base
+from experiments.sweeps import product
+
+DEPTHS = {"tiny": (2, 4, 8), "gpu": (12, 24, 48)}
+LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (3e-4, 1e-3, 3e-3, 1e-2)}
+ARMS = {
+    "vanilla": {"model.attention": "softmax", "model.embed_scale": "none"},
+    "mlra": {"model.attention": "mlra", "model.embed_scale": "none"},
+    "scaled_embed": {"model.attention": "softmax", "model.embed_scale": "scaled"},
+    "embed_ln": {"model.attention": "softmax", "model.embed_scale": "layernorm"},
+}
+
+
+def get_config(arg: str | None = None):
+    preset = arg or "tiny"
+    if preset == "tiny":
+        c = base.get_config("tiny")
+        c.model.dtype = "float32"  # float32 matmuls: faster than bf16 on CPU
+        c.train.update(steps=300, diag_every=25)
+    elif preset == "gpu":
+        c = base.get_config("85m")
+        c.model.qk_norm = False
+        c.data.update(seq_len=1024, batch_size=128)
+        c.optim.warmup_steps = 1000
+        c.train.update(steps=10_000, eval_every=1000, ckpt_every=1000, diag_every=100)
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose tiny or gpu")
+    c.model.update(attention="mlra", n_layers=DEPTHS[preset][0])
+    c.model.mlra.update(rank=0, shared_latent=False, init_std=0.02)
+    return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    preset = arg or "tiny"
+    return product(arm=list(ARMS.values()), **{"model.n_layers": DEPTHS[preset]}, lr=LRS[preset])

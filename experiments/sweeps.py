@@ -1,0 +1,34 @@
+"""Helpers for `get_sweep(arg)`: a sweep is a list of dotted-key override dicts, one per trial (DESIGN §2).
+
+    product(lr=[1e-3, 1e-2], **{"model.qk_norm": [False, True]})
+    -> [{"optim.lr": 0.001, "model.qk_norm": False}, {"optim.lr": 0.001, "model.qk_norm": True},
+        {"optim.lr": 0.01, "model.qk_norm": False}, {"optim.lr": 0.01, "model.qk_norm": True}]
+
+A bare name of an optimizer scalar (`optim.HPARAM_KEYS`: lr, weight_decay, eps, warmup_steps, ...) means
+`optim.<name>`; every other key is a dotted config field. An axis whose values are dicts contributes those dicts'
+overrides, for fields that move together (a model size: `size=[{"model.d_model": 256, "model.n_layers": 3}, ...]`;
+the axis name is then only a label). Sweeps are plain lists: `+` concatenates them, a comprehension filters them.
+Unknown fields are rejected by launch.sweep with a one-line error before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from optim import HPARAM_KEYS
+
+
+def full_key(key: str) -> str:
+    return f"optim.{key}" if key in HPARAM_KEYS else key
+
+
+def product(**axes) -> list[dict[str, object]]:
+    """Every combination of the axes' values; the first axis varies slowest."""
+
+    def overrides(key, value):
+        return dict(value) if isinstance(value, dict) else {full_key(key): value}
+
+    return [
+        {k: v for key, value in zip(axes, values) for k, v in overrides(key, value).items()}
+        for values in itertools.product(*axes.values())
+    ]

@@ -1,0 +1,278 @@
+"""launch.sweep: trial ids and grouping, both executors end to end, divergence, batched == local, kill and rerun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import base, small_scale_proxies, sweeps
+from launch import checkpoint, configs, mesh as mesh_lib, report, sweep, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A study small enough for seconds per trial on CPU; float32 so batched members equal standalone runs.
+STUDY = {
+    "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.vocab_size": 128, "model.dtype": "float32",
+    "data.source": "synthetic", "data.synthetic_tokens": 50_000, "data.seq_len": 32, "data.batch_size": 8,
+    "optim.warmup_steps": 5,
+    "train.steps": 20, "train.log_every": 5, "train.eval_every": 10, "train.eval_batches": 2, "train.ckpt_every": 10,
+    "train.diag_every": 10, "train.progress": False,
+}
+TOO_HIGH_LR = 30.0
+SWEEP = sweeps.product(**{"model.qk_norm": [False, True]}, lr=[1e-3, 1e-2, TOO_HIGH_LR])
+
+STUDY_FILE = """
+from experiments import base
+from launch import configs
+from experiments.sweeps import product
+
+def get_config(arg=None):
+    return configs.apply_overrides(base.get_config("tiny"), {study!r})
+
+def get_sweep(arg=None):
+    return {sweep!r}
+"""
+
+
+def study_config():
+    return configs.apply_overrides(base.get_config("tiny"), STUDY)
+
+
+def write_study(path: Path, sweep_overrides: list[dict], **study_overrides) -> Path:
+    path.write_text(STUDY_FILE.format(study={**STUDY, **study_overrides}, sweep=sweep_overrides))
+    return path
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def final_params(run_dir: Path, cfg):
+    """Parameters of the newest checkpoint of a trial, as host arrays."""
+    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
+    abstract = jax.eval_shape(prog.init)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, prog.state_shardings)
+    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=2)
+    step, state = ckpt.restore_latest(abstract)
+    ckpt.close()
+    return step, jax.tree.map(np.asarray, state["params"])
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("local")
+    return workdir, sweep.run_sweep(study_config(), SWEEP, workdir, "local")
+
+
+@pytest.fixture(scope="module")
+def batched_sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("batched")
+    return workdir, sweep.run_sweep(study_config(), SWEEP, workdir, "batched")
+
+
+def by_id(rows):
+    return {r["id"]: r for r in rows}
+
+
+# ---- definitions ------------------------------------------------------------------------------------------------
+
+
+def test_product_expands_axes_in_order():
+    got = sweeps.product(lr=[1e-3, 1e-2], **{"model.qk_norm": [False, True]})
+    assert got == [
+        {"optim.lr": 1e-3, "model.qk_norm": False}, {"optim.lr": 1e-3, "model.qk_norm": True},
+        {"optim.lr": 1e-2, "model.qk_norm": False}, {"optim.lr": 1e-2, "model.qk_norm": True},
+    ]
+    sizes = sweeps.product(size=[{"model.d_model": 32, "model.n_layers": 1}, {"model.d_model": 64, "model.n_layers": 2}], eps=[1e-8])
+    assert sizes[1] == {"model.d_model": 64, "model.n_layers": 2, "optim.eps": 1e-8}
+
+
+def test_trial_ids_are_readable_deterministic_and_safe():
+    assert sweep.trial_id({"model.qk_norm": True, "optim.lr": 0.003}) == "model.qk_norm=True,lr=0.003"
+    assert sweep.trial_id({"optim.lr": 0.003, "model.qk_norm": True}) == "model.qk_norm=True,lr=0.003"  # order-free
+    assert sweep.trial_id({}) == "base"
+    odd = sweep.trial_id({"data.text_paths": "/data/*.txt"})
+    assert "/" not in odd and "*" not in odd and odd.startswith("data.text_paths=_data_")
+    assert odd != sweep.trial_id({"data.text_paths": "_data_.txt"})  # sanitised slugs carry a hash
+    long = sweep.trial_id({f"model.k{i}": i for i in range(40)})
+    assert len(long) <= sweep.MAX_SLUG + 9 and long != sweep.trial_id({f"model.k{i}": i + 1 for i in range(40)})
+
+
+def test_trials_group_by_everything_but_optimizer_scalars():
+    trials = sweep.make_trials(study_config(), SWEEP + [{"optim.lr": 1e-3, "optim.weight_decay": 0.0, "model.qk_norm": True}])
+    groups = sweep.group_trials(trials)
+    assert [len(g) for g in groups] == [3, 4]
+    assert {t.overrides["model.qk_norm"] for t in groups[1]} == {True}
+
+
+@pytest.mark.parametrize("preset", small_scale_proxies.PRESETS)
+def test_small_scale_proxies_presets_are_valid_sweeps(preset):
+    trials = sweep.make_trials(small_scale_proxies.get_config(preset), small_scale_proxies.get_sweep(preset))
+    lrs = {t.cfg.optim.lr for t in trials}
+    assert len(trials) == len(lrs) * len(sweep.group_trials(trials))  # every intervention x size sees every LR
+    assert (len(lrs) == 7) == (preset != "tiny")
+
+
+def test_unknown_override_key_is_a_config_error():
+    with pytest.raises(configs.ConfigError, match="no_such_field"):
+        sweep.make_trials(study_config(), [{"optim.lr": 1e-3}, {"model.no_such_field": 1}])
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------------
+
+
+def test_diverging_trial_is_recorded_and_the_sweep_completes(local_sweep):
+    workdir, rows = local_sweep
+    assert sorted(r["id"] for r in rows) == sorted(sweep.trial_id(o) for o in SWEEP)
+    for r in rows:
+        assert r["diverged"] == (r["lr"] == TOO_HIGH_LR), r
+        if r["diverged"]:
+            assert 1 <= r["diverged_at_step"] <= STUDY["train.steps"] and r["eval_loss"] is None
+        else:
+            assert r["eval_loss"] < r["initial_loss"] and r["steps"] == STUDY["train.steps"]
+        for f in ("config.json", "metrics.jsonl", "summary.json"):
+            assert (workdir / "trials" / r["id"] / f).exists()
+    assert (workdir / "report" / "loss_vs_lr.png").exists()
+
+
+def test_batched_executor_equals_local(local_sweep, batched_sweep):
+    """Members share the batches and the init: per-trial results equal the standalone runs (float32 on CPU)."""
+    (local_dir, local_rows), (batched_dir, batched_rows) = local_sweep, batched_sweep
+    local, batched = by_id(local_rows), by_id(batched_rows)
+    assert local.keys() == batched.keys()
+    for tid, a in local.items():
+        b = batched[tid]
+        assert set(a) == set(b)
+        assert (a["diverged"], a["diverged_at_step"], a["steps"]) == (b["diverged"], b["diverged_at_step"], b["steps"])
+        for k in ("initial_loss", "final_loss", "eval_loss"):
+            if a[k] is None:
+                assert b[k] is None
+            else:
+                assert b[k] == pytest.approx(a[k], rel=1e-5), (tid, k)
+    trial = sweep.trial_id({"model.qk_norm": True, "optim.lr": 1e-2})
+    cfg = configs.apply_overrides(study_config(), {"model.qk_norm": True, "optim.lr": 1e-2})
+    step_a, params_a = final_params(local_dir / "trials" / trial, cfg)
+    step_b, params_b = final_params(batched_dir / "trials" / trial, cfg)
+    assert step_a == step_b == STUDY["train.steps"]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params_a, params_b)
+    # the member's run directory follows launch.train's contract, diagnostics rows included
+    rows = lambda d: [json.loads(l) for l in (d / "trials" / trial / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows(local_dir)] == [r["step"] for r in rows(batched_dir)]
+    assert any("attn_max_logit/layer_0" in r for r in rows(batched_dir))
+
+
+def test_diverged_member_does_not_change_the_others(batched_sweep, tmp_path):
+    _, with_diverging = batched_sweep
+    calm = [o for o in SWEEP if o["optim.lr"] != TOO_HIGH_LR and not o["model.qk_norm"]]
+    without = by_id(sweep.run_sweep(study_config(), calm, tmp_path, "batched"))
+    with_diverging = by_id(with_diverging)
+    for tid, row in without.items():
+        for k in ("initial_loss", "final_loss", "eval_loss"):
+            assert row[k] == pytest.approx(with_diverging[tid][k], rel=1e-6, abs=1e-7), (tid, k)
+
+
+def test_a_diverged_member_is_frozen():
+    """A dead member keeps its state exactly while the others train; the divergence rule kills members in-program."""
+    cfg = study_config()
+    rt = train.make_runtime(cfg)
+    bp = sweep.batched_program(rt.prog, 2)
+    states = bp.broadcast(rt.init())
+    start = jax.tree.map(np.asarray, states)
+    hparams = {k: jnp.stack([v, v]) for k, v in train.hparams_array(cfg).items()}
+    batches = [mesh_lib.global_batch(rt.mesh, rt.source.batch(step)) for step in range(3)]
+    alive = jnp.array([True, False])
+    for batch in batches:
+        states, alive, _ = bp.step(states, batch, hparams, alive, jnp.float32(100.0))
+    assert np.asarray(alive).tolist() == [True, False]
+    moved = jax.tree.map(lambda a, b: bool((a[0] != np.asarray(b)[0]).any()), start["params"], states["params"])
+    assert any(jax.tree.leaves(moved))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], np.asarray(b)[1]), start, states)
+    # a CE above the threshold (here: any CE) kills the member in the step that sees it, before it updates
+    after = jax.tree.map(np.asarray, states)
+    states, alive, _ = bp.step(states, batches[0], hparams, jnp.array([True, True]), jnp.float32(-1.0))
+    assert not np.asarray(alive).any()
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), after, states)
+
+
+SHARDED_SCRIPT = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+sys.path.insert(0, "tests")
+import test_sweep as ts
+from launch import sweep, train
+
+cfg = ts.study_config()  # mesh.data = -1: both devices; 2 members shard over `data`
+bp = sweep.batched_program(train.make_runtime(cfg).prog, 2)
+print("MEMBER", bp.member.spec)
+rows = sweep.run_sweep(cfg, json.loads(sys.argv[1]), sys.argv[2], "batched")
+print("ROWS", json.dumps(rows))
+"""
+
+
+def test_member_axis_sharded_over_devices_gives_the_same_results(batched_sweep, tmp_path):
+    """2 fake CPU devices: the members of a group are split over the `data` axis; results match one device."""
+    calm = [o for o in SWEEP if o["optim.lr"] != TOO_HIGH_LR and not o["model.qk_norm"]]
+    r = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT, json.dumps(calm), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "MEMBER P('data',)" in r.stdout
+    sharded = by_id(json.loads(r.stdout.split("ROWS ")[1]))
+    single = by_id(batched_sweep[1])
+    for tid, row in sharded.items():
+        for k in ("initial_loss", "final_loss", "eval_loss"):
+            assert row[k] == pytest.approx(single[tid][k], rel=2e-5), (tid, k)
+
+
+@pytest.mark.parametrize("executor", ["local", "batched"])
+def test_killed_sweep_reruns_every_trial_exactly_once(tmp_path, executor):
+    if executor == "local":  # a trial in flight resumes from its checkpoints
+        trials = sweeps.product(lr=[1e-3, 3e-3, 1e-2])
+    else:  # two groups: a kill loses the group in flight, or the rows of a finished group not yet appended
+        trials = sweeps.product(**{"model.qk_norm": [False, True]}, lr=[1e-3, 1e-2])
+    study = write_study(tmp_path / "study.py", trials, **{"train.steps": 30, "train.diag_every": 0})
+    args = [f"--config={study}", f"--workdir={tmp_path / 'sweep'}", f"--executor={executor}"]
+    results = tmp_path / "sweep" / "results.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "launch.sweep", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (results.exists() and results.read_text().count("\n") >= 1) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    n_before = len(report.read_results(results))
+    assert 1 <= n_before < len(trials), "the kill did not land mid-sweep"
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{n_before} already finished" in rerun.stdout
+    ids = [json.loads(l)["id"] for l in results.read_text().splitlines()]
+    assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
+    assert all(not r["diverged"] and math.isfinite(r["eval_loss"]) for r in report.read_results(results))
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [({"model.no_such_field": 1}, "no_such_field"), ({"model.d_model": "wide"}, "model.d_model")],
+)
+def test_bad_sweep_definition_is_one_line_error(tmp_path, bad, needle):
+    study = write_study(tmp_path / "study.py", [{"optim.lr": 1e-3}, bad])
+    r = run_cli(f"--config={study}", f"--workdir={tmp_path / 'sweep'}")
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "sweep" / "trials").exists()
