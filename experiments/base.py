@@ -183,3 +183,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return c
+
+
+def variant_study(preset: str, gpu_size: str, tiny_diag_every: int = 25) -> ml_collections.ConfigDict:
+    """The shared base of the model-variant studies (experiments/{ls_attention,mlra,...}.py), before each study
+    sets its own variant: `tiny` is the CPU tiny model in float32 (faster than bf16 on CPU) for 300 steps with
+    diagnostics; `gpu` is the ladder size `gpu_size` without qk-layernorm, 10k steps after a 1k-step warmup."""
+    if preset == "tiny":
+        c = get_config("tiny")
+        c.model.dtype = "float32"
+        c.train.update(steps=300, diag_every=tiny_diag_every)
+    elif preset == "gpu":
+        c = get_config(gpu_size)
+        c.model.qk_norm = False
+        c.optim.warmup_steps = 1000
+        c.train.update(steps=10_000, eval_every=1000, ckpt_every=1000, diag_every=100)
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose tiny or gpu")
+    return c

@@ -29,17 +29,7 @@ ARMS = {
 
 
 def get_config(arg: str | None = None):
-    preset = arg or "tiny"
-    if preset == "tiny":
-        c = base.get_config("tiny")
-        c.model.dtype = "float32"  # float32 matmuls: faster than bf16 on CPU
-        c.train.update(steps=300, diag_every=10)
-    elif preset == "gpu":
-        c = base.get_config("19m")
-        c.optim.warmup_steps = 1000
-        c.train.update(steps=10_000, eval_every=1000, ckpt_every=1000, diag_every=100)
-    else:
-        raise ValueError(f"unknown preset {preset!r}; choose tiny or gpu")
+    c = base.variant_study(arg or "tiny", gpu_size="19m", tiny_diag_every=10)
     c.model.update(sigma_reparam=True, sigma_reparam_gamma_init="sigma0", sigma_reparam_head=False, qk_norm=False)
     return c
 

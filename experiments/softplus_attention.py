@@ -33,19 +33,10 @@ PRESET_ARMS = {"tiny": ("softmax", "lssar_p15"), "gpu": tuple(ARMS)}
 
 def get_config(arg: str | None = None):
     preset = arg or "tiny"
-    if preset == "tiny":
-        c = base.get_config("tiny")
-        c.model.dtype = "float32"  # float32 matmuls: faster than bf16 on CPU
-        c.train.update(steps=300, diag_every=25)
-    elif preset == "gpu":
-        c = base.get_config("85m")
-        c.model.qk_norm = False
+    c = base.variant_study(preset, gpu_size="85m")
+    if preset == "gpu":
         c.model.softplus.query_chunk = 1024
         c.data.update(seq_len=1024, batch_size=128)
-        c.optim.warmup_steps = 1000
-        c.train.update(steps=10_000, eval_every=1000, ckpt_every=1000, diag_every=100)
-    else:
-        raise ValueError(f"unknown preset {preset!r}; choose tiny or gpu")
     c.model.attention = "softplus"
     c.model.softplus.update(reweight=True, power=15)
     return c
