@@ -66,6 +66,3 @@ def _unflatten(like, flat: dict):
     paths, treedef = jax.tree_util.tree_flatten_with_path(like)
     return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
 
-
-def abstract_like(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

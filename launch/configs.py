@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from launch import data, mesh as mesh_lib

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from experiments import base
-from launch import checkpoint, configs, data, mesh as mesh_lib, metrics as metrics_lib, train
+from launch import configs, data, mesh as mesh_lib, metrics as metrics_lib, train
 
 
 def load_config(workdir: Path):
@@ -41,12 +41,7 @@ def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, 
     batch_size = batch_size or cfg.data.batch_size
     mesh = mesh_lib.make_mesh(cfg.mesh)
     prog = train.build_program(cfg, mesh)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(prog.init), prog.state_shardings
-    )
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_ckpts)
-    step, state = ckpt.restore_latest(abstract)
-    ckpt.close()
+    step, state = train.restore_newest(prog, workdir)
     if state is None:
         raise configs.ConfigError(f"{workdir} has no checkpoint to evaluate")
     batch_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec())

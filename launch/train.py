@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -61,7 +60,23 @@ class Program:
     init: Callable  # () -> state
     train_step: Callable  # (state, batch, hparams) -> (state, metrics)   pure, unjitted
     eval_step: Callable  # (state, batch) -> ce
+    eval_buckets: Callable  # (state, batch, bucket_ids_NxV) -> (ce sums, target counts), float32[N, train.freq_buckets]
     diagnose: Callable  # (state, batch, hparams) -> diagnostics dict
+
+    def abstract_state(self):
+        """Shapes, dtypes and shardings of the train state: the target that restores a checkpoint onto the mesh."""
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(self.init), self.state_shardings
+        )
+
+
+def restore_newest(prog: Program, workdir: Path) -> tuple[int | None, dict | None]:
+    """(step, train state) of the newest readable checkpoint of the run in `workdir`, or (None, None)."""
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=prog.cfg.train.keep_ckpts)
+    try:
+        return ckpt.restore_latest(prog.abstract_state())
+    finally:
+        ckpt.close()
 
 
 def adam_attenuation(opt_state, eps, b1, b2) -> dict:
@@ -138,7 +153,11 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
 
     def train_step(state, batch_BxS, hparams):
         (loss, (aux, _, new_rest)), grads = grad_fn(state["params"], state["rest"], batch_BxS, False)
+        if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss at that step
+            spike = jnp.where(state["step"] + 1 == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
+            grads = jax.tree.map(lambda g: g * spike.astype(g.dtype), grads)
         tx = optim.make_optimizer(cfg.optim, total_steps, hparams)
+        # skip_step judges the unscaled CE and the (possibly spiked) gradient norm (spec optimizers §10)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"], loss=aux["ce"])
         params = optax.apply_updates(state["params"], updates)
         step_metrics = dict(
@@ -154,6 +173,17 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     def eval_step(state, batch_BxS):
         _, (aux, _, _) = forward(state["params"], state["rest"], batch_BxS, False)
         return aux["ce"]
+
+    def eval_buckets(state, batch_BxS, bucket_ids_NxV):
+        """Eval CE summed per token-frequency bucket and the number of targets per bucket, float32[N, K] each, for
+        N tables int32[N, V] of each target id's bucket (`frequency_buckets`) and K = train.freq_buckets (spec
+        optimizers §2(a)). Accumulated over an eval pass, sums / counts is the token-weighted mean CE per bucket."""
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        logits_BxTxV, _ = model(batch_BxS[:, :-1], False)
+        ce_M = transformer.token_ce(logits_BxTxV, batch_BxS[:, 1:])[0].reshape(-1)
+        ids_NxM = bucket_ids_NxV[:, batch_BxS[:, 1:].reshape(-1)]
+        zeros = jnp.zeros(cfg.train.freq_buckets, jnp.float32)
+        return jax.vmap(lambda ids: zeros.at[ids].add(ce_M))(ids_NxM), jax.vmap(lambda ids: zeros.at[ids].add(1.0))(ids_NxM)
 
     def diagnose(state, batch_BxS, hparams):
         """DESIGN §5 diagnostics on one batch, without changing the state (the run's trajectory is unaffected).
@@ -194,7 +224,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         out.update(adam_attenuation(opt_state, hparams["eps"], hparams["b1"], hparams["b2"]))
         return out
 
-    return Program(cfg, graphdef, mesh, state_shardings, init, train_step, eval_step, diagnose)
+    return Program(cfg, graphdef, mesh, state_shardings, init, train_step, eval_step, eval_buckets, diagnose)
 
 
 def jit_program(prog: Program):
@@ -263,6 +293,40 @@ def evaluate_loss(evaluate, state, source, cfg, mesh):
     return np.mean(jax.device_get(losses), axis=0)
 
 
+# The eval metrics of `train.freq_buckets`, one per row of `frequency_buckets`'s table: vectors, bucket 0 = most frequent.
+BUCKET_METRICS = ("eval_loss_rank_bucket", "eval_loss_mass_bucket")
+
+
+def frequency_buckets(counts, n: int) -> np.ndarray:
+    """int32[2, V]: the bucket of each token id by its train-split frequency `counts` (spec optimizers §2(a), §5(a)).
+
+    Tokens are ranked most frequent first (ties by id). Row 0, rank buckets (the "Fair" view): n buckets of equal
+    numbers of token types, rank r in bucket r·n // V. Row 1, equal-mass buckets: Kunstner et al.'s
+    `split_classes_by_frequency`, each holding ~1/n of the occurrences; the token at which the cumulative mass
+    first reaches k/n closes bucket k-1, so a bucket is empty when one token holds more than 1/n of the mass.
+    """
+    counts = np.asarray(counts)
+    ranks = np.arange(len(counts))
+    order = np.argsort(-counts, kind="stable")
+    cum = np.cumsum(counts[order] / counts.sum())
+    splits = np.searchsorted(cum, np.linspace(0, 1, n, endpoint=False)[1:], side="left") + 1
+    table = np.empty((2, len(counts)), np.int32)
+    table[0, order] = ranks * n // len(counts)
+    table[1, order] = np.searchsorted(splits, ranks, side="right")
+    return table
+
+
+def evaluate_buckets(eval_buckets, state, source, cfg, mesh, table) -> dict:
+    """The `BUCKET_METRICS` over the `train.eval_batches` held-out batches of `evaluate_loss`: the token-weighted
+    mean CE per bucket (NaN for a bucket without targets)."""
+    sums = counts = 0.0
+    for i in range(cfg.train.eval_batches):
+        s, c = jax.device_get(eval_buckets(state, mesh_lib.global_batch(mesh, source.batch(i, split="eval")), table))
+        sums, counts = sums + s.astype(np.float64), counts + c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dict(zip(BUCKET_METRICS, sums / counts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """What runs of one program share: mesh, data source, program and its jitted functions.
@@ -314,11 +378,13 @@ class RunRecord:
         self.writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=self.is_main)
         if start == 0:
             self.writer.write(0, {"eval_loss": initial_loss})
-        self.diverged_at, self.last_window, self.eval_loss = None, [], None
+        self.diverged_at, self.last_window, self.eval_loss, self.eval_buckets = None, [], None, {}
         if start == self.total:  # killed between the final checkpoint and summary.json: recover the end rows
             end = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if r["step"] == start]
             self.last_window = [r["ce_mean"] for r in end if r.get("ce_mean") is not None][-1:]
-            self.eval_loss = next((r["eval_loss"] for r in reversed(end) if "eval_loss" in r), None)
+            last_eval = next((r for r in reversed(end) if "eval_loss" in r), {})
+            self.eval_loss = last_eval.get("eval_loss")
+            self.eval_buckets = {k: last_eval[k] for k in BUCKET_METRICS if k in last_eval}
         self.t_start = self.t_window = time.time()
         self.timed_tokens, self.timed_seconds = 0, 0.0
 
@@ -346,10 +412,10 @@ class RunRecord:
             print(f"diverged at step {s} (loss {float(r['loss']):.4g} > {self.threshold:.4g} or non-finite)")
         return self.diverged_at is not None
 
-    def log_eval(self, step: int, eval_loss: float) -> bool:
-        """Records an eval loss; True (diverged) when it is not finite."""
-        self.eval_loss = float(eval_loss)
-        self.writer.write(step, {"eval_loss": self.eval_loss})
+    def log_eval(self, step: int, eval_loss: float, buckets: dict | None = None) -> bool:
+        """Records an eval loss (and the `BUCKET_METRICS` in `buckets`); True (diverged) when it is not finite."""
+        self.eval_loss, self.eval_buckets = float(eval_loss), dict(buckets or {})
+        self.writer.write(step, {"eval_loss": self.eval_loss, **self.eval_buckets})
         if not math.isfinite(self.eval_loss):
             self.diverged_at = step
         return self.diverged_at is not None
@@ -371,6 +437,7 @@ class RunRecord:
             wall_seconds=wall,
             n_params=self.n_params,
             lr=float(self.cfg.optim.lr),
+            **{k: metrics_lib.to_json_value(v) for k, v in self.eval_buckets.items() if ok},
         )
         self.writer.close()
         if self.is_main:
@@ -412,11 +479,7 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
     hparams = hparams_array(cfg)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_ckpts)
 
-    abstract_state = jax.eval_shape(rt.init)
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, rt.prog.state_shardings
-    )
-    start, state = ckpt.restore_latest(abstract_state)
+    start, state = ckpt.restore_latest(rt.prog.abstract_state())
     if state is None:
         start, state = 0, rt.init()
         initial = jnp.asarray(evaluate_loss(rt.evaluate, state, source, cfg, mesh), jnp.float32)

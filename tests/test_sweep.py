@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import base, small_scale_proxies, sweeps
-from launch import checkpoint, configs, mesh as mesh_lib, report, sweep, train
+from launch import configs, mesh as mesh_lib, report, sweep, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +62,7 @@ def run_cli(*args, timeout=240):
 
 def final_params(run_dir: Path, cfg):
     """Parameters of the newest checkpoint of a trial, as host arrays."""
-    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
-    abstract = jax.eval_shape(prog.init)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, prog.state_shardings)
-    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=2)
-    step, state = ckpt.restore_latest(abstract)
-    ckpt.close()
+    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), run_dir)
     return step, jax.tree.map(np.asarray, state["params"])
 
 

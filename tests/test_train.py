@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import base
-from launch import checkpoint, configs, mesh as mesh_lib, train
+from launch import configs, mesh as mesh_lib, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,13 +37,7 @@ def run_cli(*args, timeout=240):
 
 def final_params(workdir: Path, cfg):
     """Parameters of the newest checkpoint in `workdir`, as host numpy arrays."""
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    prog = train.build_program(cfg, mesh)
-    abstract = jax.eval_shape(prog.init)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, prog.state_shardings)
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=2)
-    step, state = ckpt.restore_latest(abstract)
-    ckpt.close()
+    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
     return step, jax.tree.map(np.asarray, state["params"])
 
 

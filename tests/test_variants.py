@@ -18,7 +18,7 @@ from flax import nnx
 
 import optim
 from experiments import base
-from launch import configs, eval_length, mesh as mesh_lib, train
+from launch import configs, mesh as mesh_lib, train
 from models import attention, layers, transformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_ls_fast_path_and_mask_path_match_reference(n_global, window):
 def test_ls_tokens_outside_the_window_cannot_reach_a_local_head(diagnostics):
     """Spec §1(e)2-3: keys/values at j <= i - w leave a local head's output at i unchanged, and the gradient of
     that output w.r.t. k_j is exactly 0."""
-    T, w, g, i = 13, 4, 1, 10
+    w, g, i = 4, 1, 10
     q, k, v = (jnp.asarray(x) for x in qkv(1))
     kern = ls_kernel(w, g)
     out = kern(q, k, v, diagnostics)[0]
