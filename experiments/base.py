@@ -159,6 +159,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.keep_ckpts = 2  # newest checkpoints kept on disk
     t.divergence_margin = 1.0  # diverged when loss > initial_loss + margin (or non-finite); stops the run
     t.progress = True  # print a progress line (step, loss, tokens/s) every log_every steps
+    t.freq_buckets = 0  # > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
+    #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off
+    t.spike_at_step = 0  # testing/study hook: multiply the loss of this step (its metrics row) by spike_scale to
+    #                      inject a gradient spike (spec optimizers §10); 0 = never
+    t.spike_scale = 1000.0  # the factor of spike_at_step
 
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()

@@ -18,7 +18,8 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int):
+    def __init__(self, directory: str | Path, keep: int | None):
+        """Checkpoints in `directory`, the newest `keep` of them kept on disk (None: all of them)."""
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
@@ -31,20 +32,22 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(_flatten(state)), force=True)
         self.manager.wait_until_finished()
 
+    def restore(self, step: int, abstract_state):
+        """The state saved at `step`, placed like `abstract_state` (see `restore_latest`)."""
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(_flatten(abstract_state)))
+        return _unflatten(abstract_state, restored)
+
     def restore_latest(self, abstract_state):
         """(step, state) from the newest checkpoint that restores, or (None, None) when there is none.
 
         `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings (from jax.eval_shape), so arrays come
         back already placed on the mesh.
         """
-        target = _flatten(abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                return step, self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure means "this checkpoint is unusable"
                 logging.warning("checkpoint at step %d is unreadable (%s); falling back to an older one", step, e)
-                continue
-            return step, _unflatten(abstract_state, restored)
         return None, None
 
     def close(self) -> None:

@@ -6,10 +6,10 @@ jitted with explicit shardings from launch/mesh.py and donated buffers. Optimize
 are traced arguments, so runs that differ only in them reuse one compiled program, and the batched sweep
 executor can vmap the same function over them.
 
-The run directory (DESIGN §3): config.json, metrics.jsonl, summary.json, tb/, checkpoints/. Re-running the same
-command resumes from the newest checkpoint and ends bitwise equal to an uninterrupted run (on CPU). A diverged
-run (non-finite loss, or training CE above initial_loss + train.divergence_margin) stops, writes
-`diverged: true` and `diverged_at_step` to summary.json, and exits 0.
+The run directory (DESIGN §3): config.json, metrics.jsonl, summary.json, tb/, checkpoints/ (and decayed/ for
+WSD-S, spec optimizers §3). Re-running the same command resumes from the newest checkpoint and ends bitwise
+equal to an uninterrupted run (on CPU). A diverged run (non-finite loss, or training CE above initial_loss +
+train.divergence_margin) stops, writes `diverged: true` and `diverged_at_step` to summary.json, and exits 0.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         logits_BxTxV, _ = model(batch_BxS[:, :-1], False)
         ce_M = transformer.token_ce(logits_BxTxV, batch_BxS[:, 1:])[0].reshape(-1)
         ids_NxM = bucket_ids_NxV[:, batch_BxS[:, 1:].reshape(-1)]
-        zeros = jnp.zeros(cfg.train.freq_buckets, jnp.float32)
-        return jax.vmap(lambda ids: zeros.at[ids].add(ce_M))(ids_NxM), jax.vmap(lambda ids: zeros.at[ids].add(1.0))(ids_NxM)
+        per_bucket = jax.vmap(lambda ids, x: jnp.zeros(cfg.train.freq_buckets, jnp.float32).at[ids].add(x), (0, None))
+        return per_bucket(ids_NxM, ce_M), per_bucket(ids_NxM, 1.0)
 
     def diagnose(state, batch_BxS, hparams):
         """DESIGN §5 diagnostics on one batch, without changing the state (the run's trajectory is unaffected).
@@ -293,7 +293,8 @@ def evaluate_loss(evaluate, state, source, cfg, mesh):
     return np.mean(jax.device_get(losses), axis=0)
 
 
-# The eval metrics of `train.freq_buckets`, one per row of `frequency_buckets`'s table: vectors, bucket 0 = most frequent.
+# The eval metrics of `train.freq_buckets`, one per row of `frequency_buckets`'s table (vectors, bucket 0 = most
+# frequent).
 BUCKET_METRICS = ("eval_loss_rank_bucket", "eval_loss_mass_bucket")
 
 
@@ -461,6 +462,9 @@ def finished_summary(workdir: Path) -> dict | None:
 def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: bool = True) -> dict:
     """Trains (or resumes, or does nothing if finished) the run in `workdir`; returns its summary.
 
+    With optim.schedule = wsd_s, the state at the end of every decay (`optim.wsd_s_decay_ends`) is also saved to
+    `workdir/decayed/<step>/`, kept for good, with a `decayed_eval_loss` row; training goes on from that state
+    untouched (spec optimizers §3(a)). With train.freq_buckets, each eval adds the `BUCKET_METRICS`.
     `runtime` (from `make_runtime` of a config equal up to optimizer scalars) skips building and compiling anew;
     `verbose=False` silences the start, progress and done lines.
     """
@@ -496,6 +500,12 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
             flush=True,
         )
     record = RunRecord(cfg, workdir, start=start, initial_loss=initial_loss, n_params=n_params, verbose=verbose)
+    wsd_s = cfg.optim.schedule == "wsd_s"
+    decay_ends = set(optim.wsd_s_decay_ends(total, cfg.optim.wsd.cycles)) if wsd_s else set()
+    decayed = checkpoint.Checkpointer(workdir / "decayed", keep=None) if wsd_s else None
+    if cfg.train.freq_buckets:
+        bucket_table = frequency_buckets(source.token_counts(), cfg.train.freq_buckets)
+        eval_buckets = jax.jit(rt.prog.eval_buckets)
 
     pending = []
     for step in range(start, total):
@@ -509,12 +519,24 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
             if record.log_window(jax.device_get(pending)):
                 break
             pending = []
-        if cfg.train.eval_every and due(cfg.train.eval_every, step_num, total):
-            if record.log_eval(step_num, evaluate_loss(rt.evaluate, state, source, cfg, mesh)):
+        eval_due = cfg.train.eval_every and due(cfg.train.eval_every, step_num, total)
+        if eval_due or step_num in decay_ends:
+            eval_loss = evaluate_loss(rt.evaluate, state, source, cfg, mesh)
+        if eval_due:
+            buckets = (
+                evaluate_buckets(eval_buckets, state, source, cfg, mesh, bucket_table) if cfg.train.freq_buckets else {}
+            )
+            if record.log_eval(step_num, eval_loss, buckets):
                 break
+        if step_num in decay_ends:
+            record.write(step_num, {"decayed_eval_loss": eval_loss})
+            if (decayed.latest_step() or 0) < step_num:  # a resume may repeat a decay end already saved
+                decayed.save(step_num, state)
         if due(cfg.train.ckpt_every, step_num, total):
             ckpt.save(step_num, state)
     ckpt.close()
+    if decayed is not None:
+        decayed.close()
     return record.finish()
 
 

@@ -101,17 +101,24 @@ def lm_loss(
     Returns (total loss, metrics) with metrics["ce"] the cross-entropy alone (what eval and LR sensitivity use).
     """
     logits = logits_BxTxV.astype(jnp.float32)
-    logz_BxT = jax.nn.logsumexp(logits, axis=-1)
-    # The target logit as a masked sum rather than a gather: its gradient is then an elementwise select that XLA
-    # fuses into the softmax backward, instead of a scatter into a [B, T, V] zero tensor.
-    vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
-    target_logit_BxT = jnp.sum(jnp.where(vocab_BxTxV == targets_BxT[..., None], logits, 0.0), axis=-1)
-    ce = (logz_BxT - target_logit_BxT).mean()
+    ce_BxT, logz_BxT = token_ce(logits, targets_BxT)
+    ce = ce_BxT.mean()
     zl = jnp.square(logz_BxT).mean()
     metrics = {"ce": ce, "z_loss": zl}
     if diagnostics:
         metrics.update(output_logit_stats(logits, logz_BxT))
     return ce + z_loss * zl, metrics
+
+
+def token_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy per position, log Z per position), in float32; `lm_loss`'s CE is the mean of the first."""
+    logits = logits_BxTxV.astype(jnp.float32)
+    logz_BxT = jax.nn.logsumexp(logits, axis=-1)
+    # The target logit as a masked sum rather than a gather: its gradient is then an elementwise select that XLA
+    # fuses into the softmax backward, instead of a scatter into a [B, T, V] zero tensor.
+    vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+    target_logit_BxT = jnp.sum(jnp.where(vocab_BxTxV == targets_BxT[..., None], logits, 0.0), axis=-1)
+    return logz_BxT - target_logit_BxT, logz_BxT
 
 
 def count_params(state) -> int:
