@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from experiments import base, small_scale_proxies, sweeps
+from helpers import REPO, final_params, run_module
 from launch import configs, mesh as mesh_lib, report, sweep, train
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A study small enough for seconds per trial on CPU; float32 so batched members equal standalone runs.
 STUDY = {
@@ -55,15 +55,7 @@ def write_study(path: Path, sweep_overrides: list[dict], **study_overrides) -> P
 
 
 def run_cli(*args, timeout=240):
-    return subprocess.run(
-        [sys.executable, "-m", "launch.sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def final_params(run_dir: Path, cfg):
-    """Parameters of the newest checkpoint of a trial, as host arrays."""
-    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), run_dir)
-    return step, jax.tree.map(np.asarray, state["params"])
+    return run_module("launch.sweep", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from experiments import base
-from launch import configs, mesh as mesh_lib, train
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, final_params, run_module
+from launch import configs, train
 
 
 def synthetic_cfg(**train_overrides):
@@ -30,15 +28,7 @@ def synthetic_cfg(**train_overrides):
 
 
 def run_cli(*args, timeout=240):
-    return subprocess.run(
-        [sys.executable, "-m", "launch.train", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def final_params(workdir: Path, cfg):
-    """Parameters of the newest checkpoint in `workdir`, as host numpy arrays."""
-    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
-    return step, jax.tree.map(np.asarray, state["params"])
+    return run_module("launch.train", *args, timeout=timeout)
 
 
 def test_tiny_run_learns_on_synthetic(tmp_path):
