@@ -52,11 +52,7 @@ def capped(losses: Sequence[float | None], initial_loss: float) -> list[float]:
 def read_results(path: Path) -> list[dict]:
     """The rows of a sweep's results.jsonl, the first per trial id; a torn line (a kill mid-write) is ignored."""
     rows, seen = [], set()
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in metrics_lib.read_jsonl(path):
         if row["id"] not in seen:
             seen.add(row["id"])
             rows.append(row)

@@ -284,8 +284,7 @@ def train_group(trials: list[Trial], workdir: Path) -> list[dict]:
     bp = batched_program(rt.prog, n)
     mesh, source, total = rt.mesh, rt.source, int(cfg.train.steps)
 
-    state = rt.init()
-    state["initial_loss"] = jnp.asarray(train.evaluate_loss(rt.evaluate, state, source, cfg, mesh), jnp.float32)
+    state = train.fresh_state(rt, cfg)
     initial_loss, n_params = float(state["initial_loss"]), transformer.count_params(state["params"])
     states_M = bp.broadcast(state)
     hparams = [train.hparams_array(t.cfg) for t in trials]

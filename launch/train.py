@@ -345,6 +345,14 @@ class Runtime:
     diagnose: Callable
 
 
+def fresh_state(rt: Runtime, cfg) -> dict:
+    """The initialised train state with `initial_loss` measured: the eval loss of the untrained model (ℓ0)."""
+    state = rt.init()
+    initial = jnp.asarray(evaluate_loss(rt.evaluate, state, rt.source, cfg, rt.mesh), jnp.float32)
+    state["initial_loss"] = jax.device_put(initial, rt.prog.state_shardings["initial_loss"])  # as steps return it
+    return state
+
+
 def make_runtime(cfg) -> Runtime:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     source = data.make_source(
@@ -485,9 +493,7 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
 
     start, state = ckpt.restore_latest(rt.prog.abstract_state())
     if state is None:
-        start, state = 0, rt.init()
-        initial = jnp.asarray(evaluate_loss(rt.evaluate, state, source, cfg, mesh), jnp.float32)
-        state["initial_loss"] = jax.device_put(initial, rt.prog.state_shardings["initial_loss"])  # as steps return it
+        start, state = 0, fresh_state(rt, cfg)
     elif verbose:
         print(f"resuming {workdir} from step {start}", flush=True)
     initial_loss = float(state["initial_loss"])
