@@ -1,10 +1,14 @@
 """Renders benchmark JSON lines (benchmarks/throughput.py --out) as a markdown table beside the peer numbers.
 
     python -m benchmarks.results_table benchmarks/results/h200_call4_final.jsonl [more.jsonl ...]
+    python -m benchmarks.results_table --relative_to=9.4m/baseline benchmarks/results/h200_call5_variants.jsonl
+    python -m benchmarks.results_table benchmarks/results/h200_call5_executors_9.4m.jsonl   # sweep executors
 
 Rows keep the order of the files; a later row with the same label replaces an earlier one. The ratio column
 divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flash SDPA, fused AdamW) measured on
-the same H200 at the same shapes.
+the same H200 at the same shapes; with --relative_to it is the step time over that row's instead. Rows of
+benchmarks/sweep_executors.sh (they have an "executor" key) make the executor table: wall time of the same sweep
+with each executor, and batched / local.
 """
 
 from __future__ import annotations
@@ -38,14 +42,43 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(paths: list[str]) -> None:
+def render_relative(rows: list[dict], reference: str) -> str:
+    """Step times against the row labelled `reference` (e.g. every model variant against the baseline)."""
+    ref = next(r for r in rows if r["label"] == reference)
+    lines = [
+        f"| config | params | step ms | tokens/s | MFU | peak GiB | step time / `{reference}` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['label']}` | {r['params'] / 1e6:.2f}M | {r['step_ms']:.2f} | {r['tokens_per_second'] / 1e3:,.0f}k | "
+            f"{r['mfu']:.1%} | {r['peak_memory_gib']:.1f} | {r['step_ms'] / ref['step_ms']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def render_executors(rows: list[dict]) -> str:
+    """benchmarks/sweep_executors.sh rows: the same sweep's wall time per executor, and batched / local."""
+    wall = {r["executor"]: r["wall_seconds"] for r in rows}
+    lines = ["| executor | trials | wall s (incl. compilation) | / local |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['executor']} | {r['trials']} | {r['wall_seconds']:.1f} | {r['wall_seconds'] / wall['local']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    reference = next((a.split("=", 1)[1] for a in argv if a.startswith("--relative_to=")), None)
     by_label: dict[str, dict] = {}
-    for path in paths:
+    for path in (a for a in argv if not a.startswith("--")):
         with open(path) as f:
             for line in f:
                 row = json.loads(line)
                 by_label[row["label"]] = row
-    print(render(list(by_label.values())))
+    rows = list(by_label.values())
+    if all("executor" in r for r in rows):
+        print(render_executors(rows))
+    else:
+        print(render_relative(rows, reference) if reference else render(rows))
 
 
 if __name__ == "__main__":

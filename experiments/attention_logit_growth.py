@@ -32,9 +32,7 @@ ARMS = {"no_qk_norm": {"model.qk_norm": False}, "qk_norm": {"model.qk_norm": Tru
 
 
 def get_config(arg: str | None = None):
-    preset = arg or "tiny"
-    if preset != "tiny":
-        raise ValueError(f"unknown preset {preset!r}; choose tiny")
+    base.preset_name(arg, ("tiny",))
     c = base.get_config("tiny")
     c.model.update(qk_norm=False, dtype="float32")  # float32 matmuls: faster than bf16 on CPU
     c.optim.update(lr=0.3, warmup_steps=20, schedule="wsd")

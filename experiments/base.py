@@ -92,9 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ---- optim: optim.make_optimizer -----------------------------------------------------------------------------
     c.optim = o = ml_collections.ConfigDict()
-    o.name = "adamw"  # optimizer registry key (optim/__init__.py): adamw | spam (SPAM paper: b2 0.999, eps 1e-6)
+    o.name = "adamw"  # optimizer registry key (optim/__init__.py): adamw | sgd (momentum b1) | spam (SPAM paper: b2 0.999, eps 1e-6)
     o.lr = 1e-2  # peak learning rate (the value an LR sweep varies)
-    o.b1 = 0.9  # Adam beta1
+    o.b1 = 0.9  # Adam beta1; sgd: the heavy-ball momentum m <- b1 m + g (torch SGD; 0 = plain SGD)
     o.b2 = 0.95  # Adam beta2
     o.eps = 1e-8  # Adam epsilon, outside the square root (optax/PyTorch placement; spam: E2 placement, spec §1)
     o.weight_decay = 1e-4  # decay coefficient lambda; its meaning depends on independent_wd
@@ -129,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ---- data: launch/data.py ------------------------------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.source = "classics"  # data registry key: classics | synthetic | text | tfds
+    d.source = "classics"  # data registry key: classics | synthetic | text | tfds | prepared
     d.seq_len = 64  # tokens per training window (the model sees seq_len, predicts seq_len targets)
     d.batch_size = 16  # global batch size in sequences (split over processes and the data/fsdp mesh axes)
     d.cache_dir = ""  # where prepared token arrays and tokenizers live; "" means $PROXYLAB_CACHE or ~/.cache/proxylab
@@ -145,6 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.tfds_eval_split = "validation"  # `tfds`: split used for evaluation windows
     d.tfds_max_docs = 0  # `tfds`: read at most this many documents per split (0 = all)
     d.tfds_text_key = "text"  # `tfds`: the feature that holds each document's text
+    d.prepared_dir = ""  # `prepared`: a directory with tokens.npy + doc_ends.npy (+ tokenizer.json), e.g. a copied cache dir
     d.tokenizer = "bpe"  # tokenizer for text sources: bpe (byte-level BPE trained locally) | a SentencePiece .model path
 
     # ---- train: launch/train.py ----------------------------------------------------------------------------------
@@ -161,9 +162,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.progress = True  # print a progress line (step, loss, tokens/s) every log_every steps
     t.freq_buckets = 0  # > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
     #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off
-    t.spike_at_step = 0  # testing/study hook: multiply the loss of this step (its metrics row) by spike_scale to
-    #                      inject a gradient spike (spec optimizers §10); 0 = never
+    t.spike_at_step = 0  # testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
+    #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
+    #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
     t.spike_scale = 1000.0  # the factor of spike_at_step
+
+    t.rewind = ml_collections.ConfigDict()  # PaLM-style rewind on a loss spike (spec optimizers §10(a)): restart
+    #                                         from an earlier checkpoint and skip ahead in the data (launch/train.py)
+    t.rewind.enabled = False  # test each step's training CE for a spike and rewind on one (saves a step-0 checkpoint)
+    t.rewind.window = 128  # the spike test's history: the previous `window` CEs (optim.skip_step's statistic)
+    t.rewind.sigma = 6.0  # a spike: CE > mean + sigma * std (Bessel) of the history, once max(2, window // 2) are known
+    t.rewind.steps_back = 100  # restore the newest checkpoint at or before (spike step - steps_back) (PaLM: ~100)
+    t.rewind.skip_batches = 200  # batches each rewind skips: step t then reads batch t + data_offset (PaLM: 200-500)
+    t.rewind.max_rewinds = 5  # after this many rewinds spikes are ignored and the divergence rule decides
 
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
@@ -188,6 +199,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return c
+
+
+def preset_name(arg: str | None, presets) -> str:
+    """A study's preset from `get_config(arg)` / `get_sweep(arg)`: `arg`, or the first of `presets` when empty;
+    an unknown one is a ValueError naming the choices."""
+    preset = arg or presets[0]
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    return preset
 
 
 def variant_study(preset: str, gpu_size: str, tiny_diag_every: int = 25) -> ml_collections.ConfigDict:

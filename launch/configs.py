@@ -87,6 +87,8 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     _check(t.eval_batches > 0, f"train.eval_batches={t.eval_batches} must be positive")
     _check(t.keep_ckpts > 0, f"train.keep_ckpts={t.keep_ckpts} must be positive")
     _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
+    if t.rewind.enabled:
+        _validate_rewind(t)
 
     data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
     _check(
@@ -99,6 +101,32 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
         optim.make_optimizer(cfg.optim, int(t.steps))
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def _validate_rewind(t) -> None:
+    """train.rewind (launch/train.py): the spike test's parameters, and checkpoints that make every rewind possible.
+
+    A spike is seen at the log step that closes its window, so a checkpoint (ckpt_every a multiple of log_every)
+    never holds an undetected spike, and the spike lies after the newest checkpoint. The newest checkpoint at or
+    before (spike − steps_back) is then among the kept ones when (keep_ckpts − 1)·ckpt_every >= steps_back.
+    """
+    r = t.rewind
+    _check(r.window >= 2, f"train.rewind.window={r.window} must be >= 2 (the std needs two values)")
+    _check(r.sigma > 0, f"train.rewind.sigma={r.sigma} must be positive")
+    _check(r.steps_back >= 0, f"train.rewind.steps_back={r.steps_back} must be >= 0")
+    _check(r.skip_batches > 0, f"train.rewind.skip_batches={r.skip_batches} must be positive (same data, same spike)")
+    _check(r.max_rewinds > 0, f"train.rewind.max_rewinds={r.max_rewinds} must be positive")
+    _check(
+        t.ckpt_every > 0 and t.ckpt_every % t.log_every == 0,
+        f"train.rewind needs train.ckpt_every={t.ckpt_every} to be a positive multiple of "
+        f"train.log_every={t.log_every} (spikes are detected at log steps, before a checkpoint is saved)",
+    )
+    need = 1 + -(-r.steps_back // t.ckpt_every)
+    _check(
+        t.keep_ckpts >= need,
+        f"train.rewind.steps_back={r.steps_back} needs train.keep_ckpts >= {need} with train.ckpt_every={t.ckpt_every} "
+        f"(keep_ckpts={t.keep_ckpts} keeps {(t.keep_ckpts - 1) * t.ckpt_every} steps behind the newest checkpoint)",
+    )
 
 
 def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
@@ -120,16 +148,21 @@ def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
         write_json_atomic(path, new)
 
 
-def run_cli(main, needs_workdir: bool) -> None:
+def run_cli(main, needs_workdir: bool, default_config: ml_collections.ConfigDict | None = None) -> None:
     """absl entry point with `--config=file.py[:preset]`, `--config.a.b=v` overrides and `--workdir`.
 
-    User errors (bad flags, unknown fields, bad values, missing data) print one line and exit 2; bugs still
-    raise with a traceback.
+    With `default_config`, `--config` names no file: the overrides apply to that config, and `main` may read them
+    back with `config_flags.get_override_values(flags.FLAGS["config"])` (launch.branch, which starts from another
+    run's config). User errors (bad flags, unknown fields, bad values, missing data) print one line and exit 2;
+    bugs still raise with a traceback.
     """
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "experiment file and preset, e.g. experiments/base.py:tiny")
+    if default_config is None:
+        config_flags.DEFINE_config_file("config", None, "experiment file and preset, e.g. experiments/base.py:tiny")
+    else:
+        config_flags.DEFINE_config_dict("config", default_config, "--config.a.b=v overrides")
     flags.DEFINE_string("workdir", None, "run (or sweep) directory; rerunning the same command resumes it")
 
     def parse(argv):

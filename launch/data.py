@@ -11,8 +11,12 @@ Sources (`config.data.source`; adding one = one function returning a `Corpus` pl
   synthetic  a generated Zipfian language (i.i.d. unigram or bigram Markov chain); no files at all.
   text       local UTF-8 files or globs, prepared like classics.
   tfds       a prepared TFDS dataset in array_record format, read with `tfds` without TensorFlow.
+  prepared   a directory already in the prepared layout below (`data.prepared_dir`): a cache directory of another
+             source copied to a machine without network or without the raw text, or your own token arrays.
 
-Prepared corpora live in `data.cache_dir` (else $PROXYLAB_CACHE, else ~/.cache/proxylab), one directory per
+A prepared corpus is a directory holding `tokens.npy` (one flat uint16/int32 array of ids), `doc_ends.npy` (int64
+offsets where documents end) and, for a locally trained BPE, `tokenizer.json`. Prepared corpora live in
+`data.cache_dir` (else $PROXYLAB_CACHE, else ~/.cache/proxylab), one directory per
 (source, inputs, tokenizer, PREP_VERSION). A directory is built under a temporary name and renamed into place, so
 a reader never sees half a corpus and processes preparing at once cannot corrupt each other.
 """
@@ -301,8 +305,9 @@ def _prepare_documents(data_cfg, vocab_size, what, key, documents: Callable[[], 
     return _cached(cache_root(data_cfg) / key, what, build)
 
 
-def _split_documents(data_cfg, vocab_size, prepared: Path) -> Corpus:
-    """Holds out the last `data.eval_fraction` of the stream, cut at the nearest document end if one is close."""
+def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = True) -> Corpus:
+    """Holds out the last `data.eval_fraction` of the stream, cut at the nearest document end if one is close.
+    `tokenizer=False`: token arrays without a tokenizer (the `prepared` source may have none)."""
     if not 0 < data_cfg.eval_fraction < 1:
         raise DataError(f"data.eval_fraction={data_cfg.eval_fraction} must lie strictly between 0 and 1")
     tokens = np.load(prepared / "tokens.npy", mmap_mode="r")
@@ -311,7 +316,7 @@ def _split_documents(data_cfg, vocab_size, prepared: Path) -> Corpus:
     cut = ends[np.argmin(np.abs(ends - target))] if len(ends) else target
     if abs(cut - target) > (len(tokens) - target) / 2:  # documents too coarse: cut inside one
         cut = target
-    return Corpus(tokens[:cut], tokens[cut:], _get_tokenizer(data_cfg, vocab_size, prepared))
+    return Corpus(tokens[:cut], tokens[cut:], _get_tokenizer(data_cfg, vocab_size, prepared) if tokenizer else None)
 
 
 # ---- sources ------------------------------------------------------------------------------------------------------
@@ -519,7 +524,23 @@ def synthetic(data_cfg, vocab_size: int) -> Corpus:
     return Corpus(train, eval_)
 
 
-SOURCES: dict[str, Callable[..., Corpus]] = {"classics": classics, "synthetic": synthetic, "text": text, "tfds": tfds}
+def prepared(data_cfg, vocab_size: int) -> Corpus:
+    """`data.prepared_dir` as it is: split like every text source; ids must lie below model.vocab_size."""
+    path = Path(data_cfg.prepared_dir).expanduser()
+    if not (path / "tokens.npy").is_file() or not (path / "doc_ends.npy").is_file():
+        raise DataError(f"data.prepared_dir={str(path)!r} must hold tokens.npy and doc_ends.npy (launch/data.py)")
+    tokens = np.load(path / "tokens.npy", mmap_mode="r")
+    top = int(tokens[: 1 << 24].max())  # a cheap check on the first 16M ids; an id past the vocab fails loudly
+    if top >= vocab_size:
+        raise DataError(f"{path}/tokens.npy holds id {top} >= model.vocab_size={vocab_size}")
+    if data_cfg.tokenizer == "bpe" and not (path / "tokenizer.json").is_file():
+        return _split_documents(data_cfg, vocab_size, path, tokenizer=False)
+    return _split_documents(data_cfg, vocab_size, path)
+
+
+SOURCES: dict[str, Callable[..., Corpus]] = {
+    "classics": classics, "synthetic": synthetic, "text": text, "tfds": tfds, "prepared": prepared,
+}
 
 
 def make_source(data_cfg, *, vocab_size: int, seed: int, process_index: int = 0, process_count: int = 1) -> TokenSource:

@@ -2,7 +2,8 @@
 
 Values are converted to plain Python: scalars to float (non-finite values to null, since JSON has no NaN),
 vectors (e.g. per-head attention entropy) to lists in JSONL and to one TensorBoard scalar per element.
-On resume, rows logged after the restored checkpoint are dropped, so the file equals an uninterrupted run's.
+On resume, rows logged after the restored checkpoint are dropped, so the file equals an uninterrupted run's; a
+rewind (launch/train.py, train.rewind) supersedes the abandoned steps' rows the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,6 +34,12 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -47,19 +55,20 @@ def read_jsonl(path: Path) -> list[dict]:
 class MetricWriter:
     """Appends rows to `workdir/metrics.jsonl` and mirrors scalars to TensorBoard under `workdir/tb`."""
 
-    def __init__(self, workdir: Path, resume_step: int, enabled: bool = True):
+    def __init__(
+        self, workdir: Path, resume_step: int, enabled: bool = True, keep: Callable[[dict], bool] | None = None
+    ):
+        """Rows an earlier attempt wrote after `resume_step` are dropped (or those `keep(row)` rejects, if given)."""
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         if not enabled:
             return
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        keep = keep or (lambda r: r.get("step", 0) <= resume_step)
+        write_jsonl_atomic(self.path, [r for r in read_jsonl(self.path) if keep(r)])
         self.file = self.path.open("a")
         from tensorboardX import SummaryWriter  # imported lazily: only runs that write need it
 
-        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

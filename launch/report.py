@@ -8,6 +8,8 @@ For a sweep directory (one with results.jsonl; launch.sweep also calls this at i
     lr_sensitivity.csv       LR sensitivity per group (Wortsman et al. 2023 §2; spec optimizers-and-metrics §4)
     <metric>_over_steps.png  one metric of metrics.jsonl over steps for every trial (default `loss`)
     summary.md               trials, LR sensitivity and best LR per group, diverged trials
+    buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets: launch/bucket_report.py
+    loss_over_tokens.png     with several budgets, schedules, optimizers or an injected spike: launch/curves_report.py
 
 For a run directory (metrics.jsonl, summary.json) only the metric plot and summary.md. Plots use matplotlib's
 Agg backend (no display needed).
@@ -80,7 +82,8 @@ def _label(items: Sequence[tuple[str, object]]) -> str:
 
 def _group_items(row: dict) -> tuple[tuple[str, object], ...]:
     """The overrides of a trial without the LR: what identifies its intervention group (and size)."""
-    return tuple(sorted((k, v) for k, v in row["overrides"].items() if k != LR_KEY))
+    hashable = lambda v: tuple(v) if isinstance(v, list) else v  # a tuple override comes back from JSON as a list
+    return tuple(sorted((k, hashable(v)) for k, v in row["overrides"].items() if k != LR_KEY))
 
 
 def group_rows(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -250,7 +253,7 @@ def plot_metric(panels: dict[str, list[tuple[str, Path, bool]]], metric: str, lo
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.set_title(name)
+        ax.set_title(name, fontsize=8)  # group labels are long: keep neighbouring panels' titles apart
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -330,7 +333,11 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False) ->
             for items, group in group_rows(rows).items()
         }
         drawn = plot_metric(panels, metric, log_y, out / png)
-        (out / "summary.md").write_text(sweep_summary(path, rows, table))
+        from launch import bucket_report, curves_report  # imported here: they use this module's helpers
+
+        buckets = bucket_report.write_bucket_report(path, rows, out)  # train.freq_buckets plots; "" without them
+        curves = curves_report.write_curves_report(path, rows, out)  # schedules, budgets, spikes; "" without them
+        (out / "summary.md").write_text(sweep_summary(path, rows, table) + curves + buckets)
     elif (path / "metrics.jsonl").exists():
         out.mkdir(exist_ok=True)
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}

@@ -20,9 +20,13 @@ Executors:
            same data). A member that diverges is frozen (its state stops changing) and recorded without touching
            the others. The member axis is sharded over the `data` mesh axis when it divides. Every member gets its
            own run directory (metrics.jsonl, summary.json, a final checkpoint), written by the same
-           `train.RunRecord` that launch.train uses. A group of one runs as in `local`. A killed group restarts.
+           `train.RunRecord` that launch.train uses, with the same eval metrics (the per-frequency-bucket losses
+           of `train.freq_buckets` too). A group of one runs as in `local`. A killed group restarts.
 
 Rerunning the command skips the trials in results.jsonl; a kill loses only the trials in flight.
+
+`--shard=i/n` runs every n-th program group from group i: n processes with the same command and workdir, one per
+GPU (CUDA_VISIBLE_DEVICES=i), split a sweep between the GPUs of one host without a trial running twice.
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
             if done[t.id] is not None:
                 record(t, done[t.id])
         group = [t for t in group if done[t.id] is None]
-        if len(group) == 1:
+        if len(group) == 1 or group[0].cfg.train.rewind.enabled:  # a rewind restores one run's checkpoint
             run_local(group, workdir, record)
         elif group:
             print(f"group {g + 1}/{len(groups)}: {len(group)} trials in one batched program", flush=True)
@@ -220,6 +224,7 @@ class BatchedProgram:
     broadcast: Callable  # state -> states_M (n copies)
     step: Callable  # (states_M, batch, hparams_M, alive_M, threshold) -> (states_M, alive_M, metrics_M)
     evaluate: Callable  # (states_M, batch) -> ce_M
+    eval_buckets: Callable  # (states_M, batch, bucket_ids_NxV) -> (ce sums, target counts), float32[n, N, K] each
     diagnose: Callable  # (states_M, batch, hparams_M) -> diagnostics with a leading member axis
     member: NamedSharding  # sharding of a [n, ...] array
 
@@ -259,6 +264,11 @@ def batched_program(prog: train.Program, n: int) -> BatchedProgram:
         evaluate=jax.jit(
             jax.vmap(prog.eval_step, in_axes=(0, None)), in_shardings=(states, batch), out_shardings=member
         ),
+        eval_buckets=jax.jit(
+            jax.vmap(prog.eval_buckets, in_axes=(0, None, None)),
+            in_shardings=(states, batch, replicated),
+            out_shardings=(member, member),
+        ),
         diagnose=jax.jit(jax.vmap(prog.diagnose, in_axes=(0, None, 0)), in_shardings=(states, batch, member)),
         member=member,
     )
@@ -294,6 +304,8 @@ def train_group(trials: list[Trial], workdir: Path) -> list[dict]:
         for t, d in zip(trials, dirs)
     ]
     threshold = jnp.float32(records[0].threshold)
+    n_buckets = cfg.train.freq_buckets
+    bucket_table = train.frequency_buckets(source.token_counts(), n_buckets) if n_buckets else None
     live = np.ones(n, bool)  # members still training (host view); the step keeps `alive_M` in step with it
     alive_M = jax.device_put(live, bp.member)
 
@@ -319,8 +331,11 @@ def train_group(trials: list[Trial], workdir: Path) -> list[dict]:
                 print(f"  step {step_num}/{total} | {live.sum()}/{n} alive | best loss {best:.4f} | {elapsed:.0f}s", flush=True)
         if cfg.train.eval_every and train.due(cfg.train.eval_every, step_num, total):
             eval_M = train.evaluate_loss(bp.evaluate, states_M, source, cfg, mesh)
+            buckets_M = (
+                train.evaluate_buckets(bp.eval_buckets, states_M, source, cfg, mesh, bucket_table) if n_buckets else {}
+            )
             for i in np.flatnonzero(live):
-                live[i] = not records[i].log_eval(step_num, eval_M[i])
+                live[i] = not records[i].log_eval(step_num, eval_M[i], _member(buckets_M, i))
         if not live.any():
             break
         if (live != was_live).any():  # e.g. a non-finite eval: freeze those members in the program too
@@ -336,19 +351,43 @@ def train_group(trials: list[Trial], workdir: Path) -> list[dict]:
 # ---- the sweep ----------------------------------------------------------------------------------------------------
 
 
-def run_sweep(base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "local"):
-    """Runs the trials of `sweep` not yet in `workdir/results.jsonl`, writes the report; returns all result rows."""
+def parse_shard(shard: str) -> tuple[int, int]:
+    """"i/n" -> (i, n) with 0 <= i < n; "" -> (0, 1), the whole sweep."""
+    if not shard:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", shard)
+    if not m or not int(m[1]) < int(m[2]):
+        raise configs.ConfigError(f"--shard={shard!r} must be i/n with 0 <= i < n, e.g. 0/2")
+    return int(m[1]), int(m[2])
+
+
+def shard_trials(trials: list[Trial], index: int, count: int) -> list[Trial]:
+    """The trials of every `count`-th program group, starting at group `index` (`group_trials` order).
+
+    Whole groups, so a batched group is never split; the assignment depends on the sweep alone, not on what has
+    finished, so shards started together (one process per GPU, each with its own CUDA_VISIBLE_DEVICES) share the
+    sweep directory without running a trial twice. results.jsonl appends are one write each, safe across them.
+    """
+    return [t for g, group in enumerate(group_trials(trials)) if g % count == index for t in group]
+
+
+def run_sweep(
+    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "local", shard: str = ""
+):
+    """Runs the trials of `sweep` (of shard `shard`, "i/n") not yet in `workdir/results.jsonl`, writes the report
+    of everything finished so far; returns all result rows."""
     workdir = Path(workdir)
     if executor not in EXECUTORS:
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
-    trials = make_trials(base, sweep)
+    trials = shard_trials(make_trials(base, sweep), *parse_shard(shard))
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
     results = workdir / "results.jsonl"
     drop_torn_tail(results)
     finished = {r["id"] for r in report.read_results(results)}
     todo = [t for t in trials if t.id not in finished]
     n_done = len(trials) - len(todo)
-    print(f"{workdir}: {len(trials)} trials, {n_done} already finished; executor {executor}", flush=True)
+    what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
+    print(f"{workdir}: {what}, {n_done} already finished; executor {executor}", flush=True)
     EXECUTORS[executor](todo, workdir, Recorder(results, len(trials), n_done))
     if jax.process_index() == 0:
         out = report.write_report(workdir)
@@ -361,11 +400,12 @@ def main(argv) -> None:
     from absl import flags
 
     sweep = load_sweep(flags.FLAGS["config"].config_filename)
-    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor)
+    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard)
 
 
 if __name__ == "__main__":
     from absl import flags
 
     flags.DEFINE_enum("executor", "local", list(EXECUTORS), "local: trials one after another; batched: vmapped groups")
+    flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
     configs.run_cli(main, needs_workdir=True)

@@ -1,7 +1,8 @@
 """`python -m launch.train --config=experiments/base.py:tiny --workdir=runs/a [--config.x.y=v ...]`: one run.
 
 The functional core (DESIGN §4): `nnx.split` turns the model into (graphdef, params, rest); the train state is a
-plain dict {params, rest, opt_state, step, initial_loss}; `train_step(state, batch, hparams)` is a pure function,
+plain dict {params, rest, opt_state, step, initial_loss, data_offset} (plus `spike_detector` with train.rewind:
+the CE history of the spike test); `train_step(state, batch, hparams)` is a pure function,
 jitted with explicit shardings from launch/mesh.py and donated buffers. Optimizer scalars (lr, weight decay, ...)
 are traced arguments, so runs that differ only in them reuse one compiled program, and the batched sweep
 executor can vmap the same function over them.
@@ -10,6 +11,8 @@ The run directory (DESIGN §3): config.json, metrics.jsonl, summary.json, tb/, c
 WSD-S, spec optimizers §3). Re-running the same command resumes from the newest checkpoint and ends bitwise
 equal to an uninterrupted run (on CPU). A diverged run (non-finite loss, or training CE above initial_loss +
 train.divergence_margin) stops, writes `diverged: true` and `diverged_at_step` to summary.json, and exits 0.
+With train.rewind, a CE spike first rewinds the run to an earlier checkpoint and skips ahead in the data (PaLM;
+spec optimizers §10(a); `train`). launch/branch.py forks WSD decays from a run's checkpoints (`start_from`).
 """
 
 from __future__ import annotations
@@ -109,6 +112,19 @@ def embedding_metrics(model, batch_BxS) -> dict:
     return {"tev_mu": mu, "tev_sigma": sigma, "tev_batch_mu": mu_b, "tev_batch_sigma": sigma_b}
 
 
+def spike_detector(rewind_cfg) -> optax.GradientTransformationExtraArgs:
+    """The CE-spike test of the PaLM-style rewind (`train.rewind`; spec optimizers §10(a)): the statistic of
+    `optim.skip_step`, shared rather than re-derived, so both agree on what a spike is. A step's CE spikes when it
+    exceeds mean + sigma·std (Bessel) of the previous `window` CEs, armed once max(2, window // 2) values are known
+    (OLMo-core's warm-up rule); a non-finite CE of an armed test spikes too. The wrapped transform is the identity
+    and its gradient tree is empty, whose norm (0) never spikes, so the state's `skipped` flag is the CE test alone.
+
+    `update((), state, loss=ce)` appends `ce` to the history; the state (ring buffer, count, flag, z-score) lives in
+    the train state, so a checkpoint holds the history of the steps before it and resume is exact.
+    """
+    return optim.skip_step(optax.identity(), rewind_cfg.window, rewind_cfg.sigma)
+
+
 def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     """Builds the abstract model and the pure step functions for `cfg` on `mesh` (no compilation yet)."""
     total_steps = int(cfg.train.steps)
@@ -127,20 +143,27 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     opt_shardings = optax.tree_map_params(
         tx0, lambda _, s: s, abs_opt, param_shardings, transform_non_params=lambda _: replicated
     )
+    rewind = cfg.train.rewind.enabled
+    detector = spike_detector(cfg.train.rewind) if rewind else None
     state_shardings = dict(
-        params=param_shardings, rest=rest_shardings, opt_state=opt_shardings, step=replicated, initial_loss=replicated
+        params=param_shardings, rest=rest_shardings, opt_state=opt_shardings, step=replicated, initial_loss=replicated,
+        data_offset=replicated,
     )
+    if rewind:
+        state_shardings["spike_detector"] = jax.tree.map(lambda _: replicated, jax.eval_shape(detector.init, ()))
 
     def init():
         _, params, rest = nnx.split(new_model(), nnx.Param, ...)
         params = nnx.to_pure_dict(params)
-        return dict(
+        state = dict(
             params=params,
             rest=nnx.to_pure_dict(rest),
             opt_state=tx0.init(params),
             step=jnp.zeros([], jnp.int32),
             initial_loss=jnp.full([], jnp.nan, jnp.float32),
+            data_offset=jnp.zeros([], jnp.int32),
         )
+        return dict(state, spike_detector=detector.init(())) if rewind else state
 
     def forward(params, rest, batch_BxS, diagnostics: bool):
         model = nnx.merge(graphdef, params, rest)
@@ -153,8 +176,9 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
 
     def train_step(state, batch_BxS, hparams):
         (loss, (aux, _, new_rest)), grads = grad_fn(state["params"], state["rest"], batch_BxS, False)
-        if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss at that step
-            spike = jnp.where(state["step"] + 1 == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
+        if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss on that batch
+            batch_num = state["step"] + state["data_offset"] + 1
+            spike = jnp.where(batch_num == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
             grads = jax.tree.map(lambda g: g * spike.astype(g.dtype), grads)
         tx = optim.make_optimizer(cfg.optim, total_steps, hparams)
         # skip_step judges the unscaled CE and the (possibly spiked) gradient norm (spec optimizers §10)
@@ -168,6 +192,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             **optim.state_metrics(opt_state),
         )
         new_state = dict(state, params=params, rest=new_rest, opt_state=opt_state, step=state["step"] + 1)
+        if rewind:  # the rewind's spike test on this step's CE (the data offset passes through untouched)
+            _, test = detector.update((), state["spike_detector"], loss=aux["ce"])
+            new_state["spike_detector"] = test
+            step_metrics.update(spike=test.skipped, spike_ce_z=test.loss_z)
         return new_state, step_metrics
 
     def eval_step(state, batch_BxS):
@@ -319,13 +347,14 @@ def frequency_buckets(counts, n: int) -> np.ndarray:
 
 def evaluate_buckets(eval_buckets, state, source, cfg, mesh, table) -> dict:
     """The `BUCKET_METRICS` over the `train.eval_batches` held-out batches of `evaluate_loss`: the token-weighted
-    mean CE per bucket (NaN for a bucket without targets)."""
+    mean CE per bucket (NaN for a bucket without targets), float64[K] each, or float64[M, K] (one row per member)
+    for a batched state and `eval_buckets` vmapped over its member axis (launch/sweep.py)."""
     sums = counts = 0.0
     for i in range(cfg.train.eval_batches):
         s, c = jax.device_get(eval_buckets(state, mesh_lib.global_batch(mesh, source.batch(i, split="eval")), table))
         sums, counts = sums + s.astype(np.float64), counts + c
     with np.errstate(invalid="ignore", divide="ignore"):
-        return dict(zip(BUCKET_METRICS, sums / counts))
+        return dict(zip(BUCKET_METRICS, np.moveaxis(sums / counts, -2, 0)))  # the table's row axis N first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +395,10 @@ def make_runtime(cfg) -> Runtime:
     return Runtime(mesh, source, prog, *jit_program(prog))
 
 
+# A rewind's record: a metrics row at the restored step with these as rewind_<field>, and summary.json's `rewinds`.
+REWIND_FIELDS = ("detected_at", "restored_step", "data_offset")
+
+
 class RunRecord:
     """The host side of one run: metrics rows, progress lines, the divergence rule, and summary.json.
 
@@ -373,7 +406,9 @@ class RunRecord:
     the member's slice of the batched metrics, so both write the same files by the same rules.
     """
 
-    def __init__(self, cfg, workdir: Path, *, start: int, initial_loss: float, n_params: int, verbose: bool):
+    def __init__(
+        self, cfg, workdir: Path, *, start: int, initial_loss: float, n_params: int, verbose: bool, data_offset: int = 0
+    ):
         self.cfg, self.workdir, self.start = cfg, workdir, start
         self.is_main = jax.process_index() == 0
         self.verbose = verbose and self.is_main
@@ -384,9 +419,11 @@ class RunRecord:
         self.progress = Progress(self.total, enabled=cfg.train.progress and self.verbose)
         if start == 0 and self.is_main:  # rows of an attempt killed before its first checkpoint are stale
             (workdir / "metrics.jsonl").unlink(missing_ok=True)
-        self.writer = metrics_lib.MetricWriter(workdir, resume_step=start, enabled=self.is_main)
+        self.writer = self._open_writer(start, data_offset)
         if start == 0:
             self.writer.write(0, {"eval_loss": initial_loss})
+        rows = metrics_lib.read_jsonl(workdir / "metrics.jsonl") if self.is_main else []
+        self.rewinds = [{k: r[f"rewind_{k}"] for k in REWIND_FIELDS} for r in rows if "rewind_data_offset" in r]
         self.diverged_at, self.last_window, self.eval_loss, self.eval_buckets = None, [], None, {}
         if start == self.total:  # killed between the final checkpoint and summary.json: recover the end rows
             end = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if r["step"] == start]
@@ -397,8 +434,38 @@ class RunRecord:
         self.t_start = self.t_window = time.time()
         self.timed_tokens, self.timed_seconds = 0, 0.0
 
+    def _open_writer(self, step: int, data_offset: int) -> metrics_lib.MetricWriter:
+        """The metrics writer of a (re)start at `step`: the rows of later steps, abandoned, are dropped, except the
+        rewind rows that the state's `data_offset` already includes (a rewind to an earlier step keeps the record of
+        one before it; a resume drops those it is about to replay)."""
+
+        def keep(row):
+            if "rewind_data_offset" in row:
+                return row["rewind_data_offset"] <= data_offset
+            return row.get("step", 0) <= step
+
+        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep)
+
     def write(self, step: int, metrics: dict) -> None:
         self.writer.write(step, metrics)
+
+    def rewound(self, spike_step: int, spike_row: dict, restored_step: int, data_offset: int) -> None:
+        """Records a rewind (`train.rewind`): the rows of the abandoned steps after `restored_step` are superseded
+        as on a resume, a row at `restored_step` holds the `REWIND_FIELDS` (as rewind_<field>), and a line says so."""
+        self.writer.close()
+        self.writer = self._open_writer(restored_step, data_offset)
+        event = dict(zip(REWIND_FIELDS, (spike_step, restored_step, data_offset)))
+        self.writer.write(restored_step, {f"rewind_{k}": v for k, v in event.items()})
+        self.rewinds.append(event)
+        self.t_window = time.time()
+        if self.verbose:
+            r = self.cfg.train.rewind
+            print(
+                f"rewind {data_offset // r.skip_batches}/{r.max_rewinds}: CE {float(spike_row['ce']):.4g} spiked at "
+                f"step {spike_step} (z = {float(spike_row['spike_ce_z']):.1f}); restored step {restored_step}, "
+                f"data offset {data_offset} batches",
+                flush=True,
+            )
 
     def log_window(self, rows: list[tuple[int, dict]]) -> bool:
         """Records the host metrics of the steps since the last log step; True when the run diverged in them."""
@@ -447,6 +514,7 @@ class RunRecord:
             n_params=self.n_params,
             lr=float(self.cfg.optim.lr),
             **{k: metrics_lib.to_json_value(v) for k, v in self.eval_buckets.items() if ok},
+            **({"rewinds": self.rewinds} if self.cfg.train.rewind.enabled else {}),
         )
         self.writer.close()
         if self.is_main:
@@ -467,14 +535,73 @@ def finished_summary(workdir: Path) -> dict | None:
     return summary if summary and summary.get("finished") else None
 
 
-def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: bool = True) -> dict:
+def first_spike(rows: list[tuple[int, dict]], threshold: float) -> int | None:
+    """The step of the first CE spike (the `spike` metric of train.rewind) among a log window's rows, or None; also
+    None when the divergence rule fires at an earlier step (that run diverged before it spiked)."""
+    spikes = [s for s, r in rows if r["spike"]]
+    bad = [s for s, r in rows if diverged(r["loss"], r["ce"], threshold)]
+    return spikes[0] if spikes and (not bad or spikes[0] <= bad[0]) else None
+
+
+def rewind_step(steps, spike_step: int, steps_back: int) -> int:
+    """The checkpoint a rewind restores: the newest of `steps` at or before max(0, spike_step − steps_back), or the
+    oldest one when all are newer (after a rewind deleted the newer ones, retention may have dropped the older)."""
+    target = max(0, spike_step - steps_back)
+    return max((s for s in steps if s <= target), default=min(steps))
+
+
+def rewind_state(prog: Program, ckpt, decayed, spike_step: int, steps_back: int, data_offset: int) -> tuple[int, dict]:
+    """(step, state) of a rewind (spec optimizers §10(a)): the checkpoint of `rewind_step` with its data offset set
+    to `data_offset`. The checkpoints after it (and WSD-S decayed ones) belong to the abandoned steps and are
+    deleted, so a resume cannot pick them up; a kill before the next checkpoint replays the same spike and rewind."""
+    restored = rewind_step(ckpt.manager.all_steps(), spike_step, steps_back)
+    for c in (ckpt, decayed):
+        for s in [s for s in (c.manager.all_steps() if c else []) if s > restored]:
+            c.manager.delete(s)
+    state = ckpt.restore(restored, prog.abstract_state())
+    state["data_offset"] = jax.device_put(jnp.asarray(data_offset, jnp.int32), prog.state_shardings["data_offset"])
+    return restored, state
+
+
+def state_from_run(prog: Program, workdir: Path, source: Path, step: int) -> dict:
+    """The state saved at `step` in the run directory `source`, with `source`'s metrics rows up to `step` copied into
+    `workdir`, so that a run started from it reads as one run from step 0 (a WSD branch: launch/branch.py)."""
+    ckpt = checkpoint.Checkpointer(source / "checkpoints", keep=None)
+    try:
+        state = ckpt.restore(step, prog.abstract_state())
+    except Exception as e:  # noqa: BLE001 - a missing step, or a checkpoint of a different model or state
+        raise configs.ConfigError(f"cannot restore step {step} of {source}: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        ckpt.close()
+    if jax.process_index() == 0:
+        rows = metrics_lib.read_jsonl(source / "metrics.jsonl")
+        metrics_lib.write_jsonl_atomic(workdir / "metrics.jsonl", [r for r in rows if r.get("step", 0) <= step])
+    return state
+
+
+def train(
+    cfg,
+    workdir: str | Path,
+    runtime: Runtime | None = None,
+    verbose: bool = True,
+    start_from: tuple[str | Path, int] | None = None,
+) -> dict:
     """Trains (or resumes, or does nothing if finished) the run in `workdir`; returns its summary.
 
     With optim.schedule = wsd_s, the state at the end of every decay (`optim.wsd_s_decay_ends`) is also saved to
     `workdir/decayed/<step>/`, kept for good, with a `decayed_eval_loss` row; training goes on from that state
     untouched (spec optimizers §3(a)). With train.freq_buckets, each eval adds the `BUCKET_METRICS`.
+
+    Step t trains on batch t + data_offset of the data stream (a train-state scalar, so checkpoints record it).
+    With train.rewind (PaLM, spec optimizers §10(a)), a CE spike (`spike_detector`) seen at a log step rewinds the
+    run to the newest checkpoint at or before (spike − steps_back) and advances data_offset by skip_batches; the
+    abandoned steps' rows are superseded, a rewind row and summary.json's `rewinds` record it. After
+    train.rewind.max_rewinds rewinds, spikes are ignored and the divergence rule decides.
+
     `runtime` (from `make_runtime` of a config equal up to optimizer scalars) skips building and compiling anew;
-    `verbose=False` silences the start, progress and done lines.
+    `verbose=False` silences the start, progress and done lines. `start_from` = (run directory, step): a run
+    without checkpoints of its own starts from that run's state at that step (`state_from_run`) instead of a
+    fresh one and saves it as its first checkpoint.
     """
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
@@ -490,13 +617,19 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
     mesh, source = rt.mesh, rt.source
     hparams = hparams_array(cfg)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_ckpts)
+    rewind = cfg.train.rewind
 
     start, state = ckpt.restore_latest(rt.prog.abstract_state())
-    if state is None:
+    if state is None and start_from is not None:
+        start, state = start_from[1], state_from_run(rt.prog, workdir, Path(start_from[0]), start_from[1])
+        ckpt.save(start, state)
+    elif state is None:
         start, state = 0, fresh_state(rt, cfg)
+        if rewind.enabled:  # what a spike within steps_back of the start rewinds to
+            ckpt.save(0, state)
     elif verbose:
         print(f"resuming {workdir} from step {start}", flush=True)
-    initial_loss = float(state["initial_loss"])
+    initial_loss, offset = float(state["initial_loss"]), int(state["data_offset"])
     n_params = transformer.count_params(state["params"])
     total = int(cfg.train.steps)
     if start == 0 and verbose and is_main:
@@ -505,7 +638,9 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
             f"{cfg.data.batch_size}x{cfg.data.seq_len} tokens, initial loss {initial_loss:.4f}",
             flush=True,
         )
-    record = RunRecord(cfg, workdir, start=start, initial_loss=initial_loss, n_params=n_params, verbose=verbose)
+    record = RunRecord(
+        cfg, workdir, start=start, initial_loss=initial_loss, n_params=n_params, verbose=verbose, data_offset=offset
+    )
     wsd_s = cfg.optim.schedule == "wsd_s"
     decay_ends = set(optim.wsd_s_decay_ends(total, cfg.optim.wsd.cycles)) if wsd_s else set()
     decayed = checkpoint.Checkpointer(workdir / "decayed", keep=None) if wsd_s else None
@@ -513,18 +648,25 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
         bucket_table = frequency_buckets(source.token_counts(), cfg.train.freq_buckets)
         eval_buckets = jax.jit(rt.prog.eval_buckets)
 
-    pending = []
-    for step in range(start, total):
+    pending, step = [], start
+    while step < total:
         step_num = step + 1  # steps completed after this update
-        batch = mesh_lib.global_batch(mesh, source.batch(step))
+        batch = mesh_lib.global_batch(mesh, source.batch(step + offset))
         if cfg.train.diag_every and step_num % cfg.train.diag_every == 0:
             record.write(step_num, jax.device_get(rt.diagnose(state, batch, hparams)))
         state, m = rt.step(state, batch, hparams)
         pending.append((step_num, m))
         if due(cfg.train.log_every, step_num, total):
-            if record.log_window(jax.device_get(pending)):
+            rows, pending = jax.device_get(pending), []
+            rewinds_left = rewind.enabled and offset // rewind.skip_batches < rewind.max_rewinds
+            spike_step = first_spike(rows, record.threshold) if rewinds_left else None
+            if spike_step is not None:
+                offset += rewind.skip_batches
+                step, state = rewind_state(rt.prog, ckpt, decayed, spike_step, rewind.steps_back, offset)
+                record.rewound(spike_step, dict(rows)[spike_step], step, offset)
+                continue
+            if record.log_window(rows):
                 break
-            pending = []
         eval_due = cfg.train.eval_every and due(cfg.train.eval_every, step_num, total)
         if eval_due or step_num in decay_ends:
             eval_loss = evaluate_loss(rt.evaluate, state, source, cfg, mesh)
@@ -540,6 +682,7 @@ def train(cfg, workdir: str | Path, runtime: Runtime | None = None, verbose: boo
                 decayed.save(step_num, state)
         if due(cfg.train.ckpt_every, step_num, total):
             ckpt.save(step_num, state)
+        step = step_num
     ckpt.close()
     if decayed is not None:
         decayed.close()

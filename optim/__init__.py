@@ -22,6 +22,7 @@ from optim.adam import scale_by_adam
 from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global_norm, global_norm, skip_step
 from optim.masks import decay_mask, stacked_by_path
 from optim.schedules import constant, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s, wsd_s_decay_ends
+from optim.sgd import SgdState, scale_by_sgd_momentum
 from optim.spam import SpamState, scale_by_spam, spam
 
 # The scalar hyperparameters a batched LR sweep may vary per member (config.optim fields of the same names).
@@ -50,6 +51,7 @@ OPTIMIZERS = {
         h["b1"], h["b2"], h["eps"], o.spam.threshold, o.spam.reset_interval, o.spam.reset_warmup,
         o.spam.no_clip_steps,
     ),
+    "sgd": lambda o, h: scale_by_sgd_momentum(h["b1"]),  # momentum m ← β1·m + g (torch SGD); β1 = 0: plain SGD
 }
 
 # optim.clip_mode -> (optim_cfg, hparams) -> gradient clipping with threshold hparams["clip"] (<= 0: off)
@@ -90,7 +92,8 @@ def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> 
     One update, with g the gradients, θ the parameters, lr_t the schedule at this update, η = hparams["lr"]:
 
         g ← clip(g)                               optim.clip_mode, threshold optim.clip (<= 0: off)
-        u ← direction(g)                          optim.name: adamw = Adam, m̂/(sqrt(v̂) + ε) (optim.adam)
+        u ← direction(g)                          optim.name: adamw = Adam, m̂/(sqrt(v̂) + ε) (optim.adam);
+                                                  sgd = heavy-ball momentum m ← β1·m + g, u = m (optim.sgd)
         independent_wd:  θ ← θ − lr_t·u − λ·s_t·θ,  s_t = lr_t/η   (Wortsman et al.; spec §4(a))
         coupled:         θ ← θ − lr_t·(u + λ·θ)                      (optax.adamw / torch AdamW)
 
@@ -141,8 +144,9 @@ def state_metrics(opt_state) -> dict[str, jax.Array]:
 
 
 __all__ = [
-    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "SkipStepState", "SpamState", "clip_by_component_norm",
-    "clip_by_global_norm", "constant", "cyclic_cosine", "decay_mask", "global_norm", "hparams_from_config",
-    "make_optimizer", "make_schedule", "scale_by_adam", "scale_by_spam", "schedules", "skip_step", "spam",
-    "stacked_by_path", "state_metrics", "warmup_cosine", "with_lr_schedule", "wsd", "wsd_s", "wsd_s_decay_ends",
+    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "SgdState", "SkipStepState", "SpamState",
+    "clip_by_component_norm", "clip_by_global_norm", "constant", "cyclic_cosine", "decay_mask", "global_norm",
+    "hparams_from_config", "make_optimizer", "make_schedule", "scale_by_adam", "scale_by_sgd_momentum",
+    "scale_by_spam", "schedules", "skip_step", "spam", "stacked_by_path", "state_metrics", "warmup_cosine",
+    "with_lr_schedule", "wsd", "wsd_s", "wsd_s_decay_ends",
 ]

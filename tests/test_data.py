@@ -121,6 +121,29 @@ def test_text_source(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_prepared_source_reads_a_copied_cache_directory(tmp_path):
+    """A cache directory copied elsewhere (e.g. to a machine without the raw text) gives the same streams and
+    tokenizer through data.source=prepared; bare token arrays work without a tokenizer; bad ids are refused."""
+    (tmp_path / "doc.txt").write_text("one two three four five six seven eight nine ten\n" * 100)
+    cfg = _cfg(source="text", text_paths=str(tmp_path / "doc.txt"), cache_dir=str(tmp_path / "cache"), seq_len=16)
+    text_src = data.make_source(cfg, vocab_size=300, seed=0)
+    (cached,) = (tmp_path / "cache").iterdir()
+    moved = tmp_path / "elsewhere"
+    cached.rename(moved)
+    src = data.make_source(_cfg(source="prepared", prepared_dir=str(moved), seq_len=16), vocab_size=300, seed=0)
+    for split in data.SPLITS:
+        np.testing.assert_array_equal(src.batch(3, split), text_src.batch(3, split))
+    assert src.tokenizer.decode(src.batch(0)[0]) == text_src.tokenizer.decode(text_src.batch(0)[0])
+
+    (moved / "tokenizer.json").unlink()
+    bare = data.make_source(_cfg(source="prepared", prepared_dir=str(moved), seq_len=16), vocab_size=300, seed=0)
+    assert bare.tokenizer is None and np.array_equal(bare.batch(5), src.batch(5))
+    _one_line_error("id .* >= model.vocab_size=100", data.make_source,
+                    _cfg(source="prepared", prepared_dir=str(moved), seq_len=16), vocab_size=100, seed=0)
+    _one_line_error("must hold tokens.npy", data.make_source,
+                    _cfg(source="prepared", prepared_dir=str(tmp_path)), vocab_size=300, seed=0)
+
+
 def test_classics_offline_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")

@@ -105,6 +105,17 @@ def test_trials_group_by_everything_but_optimizer_scalars():
     assert {t.overrides["model.qk_norm"] for t in groups[1]} == {True}
 
 
+def test_shards_partition_the_sweep_into_whole_groups():
+    trials = sweep.make_trials(study_config(), SWEEP + sweeps.product(**{"model.d_model": [64]}, lr=[1e-3, 1e-2]))
+    shards = [sweep.shard_trials(trials, i, 2) for i in range(2)]
+    assert sorted(t.id for s in shards for t in s) == sorted(t.id for t in trials)  # every trial exactly once
+    assert [len(s) for s in shards] == [3 + 2, 3]  # groups 0 and 2, group 1
+    assert sweep.shard_trials(trials, 0, 1) == trials
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(configs.ConfigError, match="--shard"):
+            sweep.parse_shard(bad)
+
+
 @pytest.mark.parametrize("preset", small_scale_proxies.PRESETS)
 def test_small_scale_proxies_presets_are_valid_sweeps(preset):
     trials = sweep.make_trials(small_scale_proxies.get_config(preset), small_scale_proxies.get_sweep(preset))
@@ -250,6 +261,22 @@ def test_killed_sweep_reruns_every_trial_exactly_once(tmp_path, executor):
     ids = [json.loads(l)["id"] for l in results.read_text().splitlines()]
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
     assert all(not r["diverged"] and math.isfinite(r["eval_loss"]) for r in report.read_results(results))
+
+
+def test_two_shards_started_together_share_one_sweep_directory(tmp_path):
+    trials = sweeps.product(**{"model.qk_norm": [False, True]}, lr=[1e-3, 1e-2])
+    study = write_study(tmp_path / "study.py", trials, **{"train.steps": 10, "train.diag_every": 0})
+    args = [f"--config={study}", f"--workdir={tmp_path / 'sweep'}", "--executor=batched"]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "launch.sweep", *args, f"--shard={i}/2"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert all("2 trials (shard" in o for o, _ in outs)
+    ids = [json.loads(l)["id"] for l in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
 
 
 @pytest.mark.parametrize(

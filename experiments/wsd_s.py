@@ -1,0 +1,70 @@
+"""WSD-S vs WSD vs cyclic cosine vs a cosine per budget (Wen et al., ICLR 2025, arXiv 2410.05192; spec
+optimizers-and-metrics §3).
+
+Claim (§3(c)): at every budget, final eval loss WSD-S <= WSD < cyclic cosine, and WSD-S ~ the per-budget cosine
+oracle. Along the way: a plateau in each stable phase, a sharp drop in each decay, and after each WSD-S restart a
+jump above the pre-decay level followed by fast recovery.
+
+    python -m launch.sweep --config=experiments/wsd_s.py:tiny --workdir=runs/wsd_s_tiny --executor=batched
+    # -> report/loss_over_tokens.png (budgets dashed) and, in summary.md, the eval loss at each budget per method
+
+Trials (one LR, the same warmup, decay fraction, shape and min_lr_ratio everywhere):
+  wsd_s          one run of BUDGETS[-1] steps with optim.wsd.cycles = BUDGETS[:-1]: decays to each budget and
+                 continues from the decayed state (params and Adam state untouched, LR jumps back: no rewarmup)
+  cyclic_cosine  the same cycle ends, a full cosine to min_lr_ratio x peak in each cycle
+  wsd            one WSD run per budget (train.steps = B, decay = the last 10% of B). This equals forking a decay
+                 from one constant-LR main branch at B - decay (spec §3(a) branching; `launch.branch` does that
+                 with the main run's checkpoints and is tested step-for-step equal), at the cost of recomputing
+                 the shared stable phase
+  cosine         the oracle: one warmup-cosine run per budget, ending at min_lr_ratio x peak
+
+Every budget is a multiple of train.eval_every, so each method's decayed model at each budget has an eval.
+
+Presets (`get_config(arg)`):
+  tiny  CPU minutes: the base tiny model (d 64, 2 layers) in float32 on `classics`, budgets 100 / 200 / 400 steps.
+  gpu   one H200: the 9.4m ladder shape, batch 64 x 512, budgets 500 / 1000 / 2000 steps. Data: `classics` by
+        default, which 2000 steps would repeat 24 times; benchmarks/RESULTS.md's run used a 29M-token corpus
+        (`--config.data.source=prepared`, the command is there).
+
+Defaults follow the spec's "defensible choice" (§3(b)): decay 10% of each cycle, linear, min_lr_ratio 0.1, no
+rewarmup, AdamW (0.9, 0.95), clip 1. Deviations: the paper's models are 0.1-1.2B on 50-200B tokens; ours are tiny.
+"""
+
+from __future__ import annotations
+
+from experiments import base
+
+PRESETS = ("tiny", "gpu")
+BUDGETS = {"tiny": (100, 200, 400), "gpu": (500, 1000, 2000)}
+LR = {"tiny": 1e-2, "gpu": 3e-3}
+MIN_LR_RATIO = 0.1
+
+
+def get_config(arg: str | None = None):
+    preset = base.preset_name(arg, PRESETS)
+    budgets = BUDGETS[preset]
+    if preset == "tiny":
+        c = base.get_config("tiny")
+        c.model.dtype = "float32"
+        c.train.update(log_every=10, eval_every=50, progress=False)
+        c.optim.warmup_steps = 20
+    else:
+        c = base.get_config("9.4m")
+        c.data.batch_size = 64
+        c.optim.warmup_steps = 100
+        c.train.update(log_every=20, eval_every=100, eval_batches=16, ckpt_every=500)
+    c.train.steps = budgets[-1]
+    c.optim.update(lr=LR[preset], min_lr=MIN_LR_RATIO * LR[preset])
+    c.optim.wsd.update(decay=0.1, decay_shape="linear", min_lr_ratio=MIN_LR_RATIO, rewarmup=0.0)
+    return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    budgets = BUDGETS[base.preset_name(arg, PRESETS)]
+    cycles = {"optim.wsd.cycles": tuple(budgets[:-1])}
+    return [
+        {"optim.schedule": "wsd_s", **cycles},
+        {"optim.schedule": "cyclic_cosine", **cycles},
+        *({"optim.schedule": "wsd", "train.steps": b} for b in budgets),
+        *({"optim.schedule": "warmup_cosine", "train.steps": b} for b in budgets),
+    ]
