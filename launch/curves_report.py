@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch import metrics as metrics_lib, report
+from launch import report
 
 STEPS_KEY = "train.steps"
 CYCLIC_SCHEDULES = ("wsd_s", "cyclic_cosine")  # schedules whose cycle ends (optim.wsd.cycles) are decayed models
@@ -53,15 +53,8 @@ def wanted(configs: list[dict]) -> bool:
     )
 
 
-def _series(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for r in metrics_lib.read_jsonl(run_dir / "metrics.jsonl") if metric in r]
-    steps = np.array([r["step"] for r in rows])
-    values = np.array([math.nan if r[metric] is None else r[metric] for r in rows], dtype=float)
-    return steps, values
-
-
 def eval_at(run_dir: Path, step: int) -> float | None:
-    steps, values = _series(run_dir, "eval_loss")
+    steps, values = report.metric_series(run_dir, "eval_loss")
     hit = values[steps == step]
     return float(hit[-1]) if len(hit) and math.isfinite(hit[-1]) else None
 
@@ -84,9 +77,9 @@ def plot_loss_over_tokens(workdir: Path, rows: list[dict], configs: list[dict], 
             method = method_label(row)
             label = None if method in labelled else method
             labelled.add(method)
-            steps, loss = _series(run_dir, "loss")
+            steps, loss = report.metric_series(run_dir, "loss")
             ax.plot(steps * per_step, loss, color=colors[method], linewidth=0.8, alpha=0.5)
-            steps, ev = _series(run_dir, "eval_loss")
+            steps, ev = report.metric_series(run_dir, "eval_loss")
             ax.plot(steps * per_step, ev, marker="o", linestyle=styles[method], color=colors[method], markersize=3.5,
                     linewidth=1.6, label=label, zorder=3 if len(decayed_budgets(cfg)) > 1 else 2)
             if row["diverged"]:
