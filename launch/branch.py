@@ -25,7 +25,7 @@ import numpy as np
 import optim
 from launch import configs, metrics as metrics_lib, train
 from launch.eval_length import load_config
-from optim.schedules import _frac_or_steps  # Levanter's fraction-or-steps rule, as the wsd schedule applies it
+from optim.schedules import frac_or_steps  # Levanter's fraction-or-steps rule, shared with the wsd schedule
 
 # Override prefixes a branch may change: the decay, the mesh, and train fields but those of `BRANCH_FIXED`.
 BRANCH_FIELDS = ("optim.wsd.", "mesh.", "train.")
@@ -46,7 +46,7 @@ def branch_config(main_cfg, budget: int, overrides: dict):
 def branch_step(cfg) -> int:
     """b = B − T_d: the steps before the decay of the WSD schedule of `cfg` (B = train.steps) begins."""
     budget = int(cfg.train.steps)
-    return budget - _frac_or_steps(cfg.optim.wsd.decay, budget, "optim.wsd.decay")
+    return budget - frac_or_steps(cfg.optim.wsd.decay, budget, "optim.wsd.decay")
 
 
 def check_lr_history(main_dir: Path, main_cfg, cfg, step: int) -> None:

@@ -74,7 +74,7 @@ def wsd_s_decay_ends(total_steps: int, cycles: Sequence[int] = ()) -> tuple[int,
     return ends
 
 
-def _frac_or_steps(value, cycle_steps: int, name: str):
+def frac_or_steps(value, cycle_steps: int, name: str):
     """Levanter's rule (spec §3(a)): a value <= 1.0 is a fraction of the cycle (truncated), else whole steps.
 
     Python numbers are resolved exactly as Levanter does (`int(value * cycle_steps)`; a non-integer > 1 raises).
@@ -114,7 +114,7 @@ def wsd_s(
     ramp (`warmup` for the first cycle, from 0; `rewarmup` for later ones, from the minimum; 0 = jump to the
     peak), a stable phase at `peak_lr`, and a decay over its last `decay` steps to `min_lr_ratio * peak_lr` with
     `decay_shape` (linear | cosine | 1-sqrt). `warmup`, `rewarmup` and `decay` follow the fraction-or-steps rule
-    of `_frac_or_steps` per cycle (so cycle 3 of [300, 600] in 1000 steps decays over int(0.1·400) = 40 steps);
+    of `frac_or_steps` per cycle (so cycle 3 of [300, 600] in 1000 steps decays over int(0.1·400) = 40 steps);
     `decay=None` decays over the whole post-warmup cycle (cyclic cosine). Each piece is evaluated at
     step − piece start, so the last step of a decay uses S((d−1)/d): the exact minimum is only held after
     `total_steps`. The optimizer state is never touched at a cycle boundary (only the LR jumps back).
@@ -126,8 +126,8 @@ def wsd_s(
     plan = []
     for i, (start, end) in enumerate(zip((0, *ends[:-1]), ends)):
         n = end - start
-        w = _frac_or_steps(warmup if i == 0 else rewarmup, n, "warmup" if i == 0 else "rewarmup")
-        d = n - w if decay is None else _frac_or_steps(decay, n, "decay")
+        w = frac_or_steps(warmup if i == 0 else rewarmup, n, "warmup" if i == 0 else "rewarmup")
+        d = n - w if decay is None else frac_or_steps(decay, n, "decay")
         if isinstance(w, int) and isinstance(d, int) and not (w >= 0 and d >= 0 and w + d <= n):
             raise ValueError(f"cycle [{start}, {end}): warmup {w} + decay {d} steps must fit in its {n} steps")
         plan.append(_Cycle(start, end, w, d))
