@@ -152,7 +152,7 @@ def bucket_series(run_dir: Path, metric: str = MASS) -> tuple[np.ndarray, np.nda
 
 
 def _log_vocab(run_dir: Path) -> float:
-    return math.log(json.loads((run_dir / "config.json").read_text())["model.vocab_size"])
+    return math.log(report.run_config(run_dir)["model.vocab_size"])
 
 
 def plot_bucket_loss_over_steps(runs: list[tuple[str, Path, bool]], path: Path) -> bool:

@@ -16,7 +16,6 @@ Both are written only for sweeps that need them: several budgets, an injected sp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,10 +25,6 @@ from launch import report
 
 STEPS_KEY = "train.steps"
 CYCLIC_SCHEDULES = ("wsd_s", "cyclic_cosine")  # schedules whose cycle ends (optim.wsd.cycles) are decayed models
-
-
-def _config(workdir: Path, row: dict) -> dict:
-    return json.loads((workdir / "trials" / row["id"] / "config.json").read_text())
 
 
 def method_label(row: dict) -> str:
@@ -124,7 +119,7 @@ def write_curves_report(workdir: Path, rows: list[dict], out: Path) -> str:
     """Writes out/loss_over_tokens.png when the sweep wants it (`wanted`); returns the summary.md section."""
     if not rows or not all((workdir / "trials" / r["id"] / "config.json").is_file() for r in rows):
         return ""  # results without their run directories (copied rows): nothing to plot from
-    configs = [_config(workdir, r) for r in rows]
+    configs = [report.run_config(workdir / "trials" / r["id"]) for r in rows]
     if not wanted(configs):
         return ""
     plot_loss_over_tokens(workdir, rows, configs, out / "loss_over_tokens.png")

@@ -219,6 +219,11 @@ def plot_loss_vs_lr(table: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def run_config(run_dir: Path) -> dict:
+    """The flat config ({"model.d_model": 64, ...}) a run directory's config.json records."""
+    return json.loads((run_dir / "config.json").read_text())
+
+
 def metric_series(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of `metric` in run_dir/metrics.jsonl; non-finite values are NaN, vector values skipped."""
     points = [

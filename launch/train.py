@@ -422,11 +422,15 @@ class RunRecord:
         self.writer = self._open_writer(start, data_offset)
         if start == 0:
             self.writer.write(0, {"eval_loss": initial_loss})
-        rows = metrics_lib.read_jsonl(workdir / "metrics.jsonl") if self.is_main else []
-        self.rewinds = [{k: r[f"rewind_{k}"] for k in REWIND_FIELDS} for r in rows if "rewind_data_offset" in r]
+        # earlier rows are needed only for the rewind record and to finish a run killed after its last checkpoint
+        need_rows = cfg.train.rewind.enabled or start == self.total
+        rows = metrics_lib.read_jsonl(workdir / "metrics.jsonl") if need_rows else []
+        self.rewinds = [
+            {k: r[f"rewind_{k}"] for k in REWIND_FIELDS} for r in rows if "rewind_data_offset" in r
+        ] if self.is_main else []
         self.diverged_at, self.last_window, self.eval_loss, self.eval_buckets = None, [], None, {}
         if start == self.total:  # killed between the final checkpoint and summary.json: recover the end rows
-            end = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl") if r["step"] == start]
+            end = [r for r in rows if r["step"] == start]
             self.last_window = [r["ce_mean"] for r in end if r.get("ce_mean") is not None][-1:]
             last_eval = next((r for r in reversed(end) if "eval_loss" in r), {})
             self.eval_loss = last_eval.get("eval_loss")
