@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from launch import configs, mesh as mesh_lib, train
+from launch import cli, configs, mesh as mesh_lib, train
 from models import transformer
 
 flags.DEFINE_integer("steps", 20, "timed steps")
@@ -103,4 +103,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    configs.run_cli(main, needs_workdir=False)
+    cli.run(main, config="file")

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 import optim
-from launch import configs, metrics as metrics_lib, train
+from launch import cli, configs, metrics as metrics_lib, train
 from launch.eval_length import load_config
 from optim.schedules import frac_or_steps  # Levanter's fraction-or-steps rule, shared with the wsd schedule
 
@@ -103,10 +103,9 @@ def branch(main_dir: str | Path, budget: int, workdir: str | Path, overrides: di
 def main(argv) -> None:
     del argv
     from absl import flags
-    from ml_collections import config_flags
 
     f = flags.FLAGS
-    branch(f["from"].value, f.budget, f.workdir, config_flags.get_override_values(f["config"]))
+    branch(f["from"].value, f.budget, f.workdir, cli.config_overrides())
 
 
 if __name__ == "__main__":
@@ -117,4 +116,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("from", None, "the main run's directory (launch.train with checkpoints at the branch steps)")
     flags.DEFINE_integer("budget", None, "the branch's total steps B; it forks the main run at B - decay steps")
     flags.mark_flags_as_required(["from", "budget"])
-    configs.run_cli(main, needs_workdir=True, default_config=base.get_config())
+    cli.run(main, config="dict", default_config=base.get_config(), workdir=True)

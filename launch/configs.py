@@ -1,7 +1,7 @@
-"""Config loading, validation and the command-line wrapper shared by `launch.train`, `launch.sweep`, ...
+"""Config validation, overrides and run-directory claims shared by every command.
 
-Every mistake a user can make in a config or an override ends the program with ONE line on stderr that names
-the field, and exit status 2 — before anything is compiled or written:
+Every mistake a user can make in a config or an override is a `ConfigError` naming the field; launch/cli.py turns
+it into ONE line on stderr and exit status 2, before anything is compiled or written:
 
     error: model.d_model=100 is not divisible by model.n_heads=3 (set model.head_dim explicitly)
 """
@@ -9,7 +9,6 @@ the field, and exit status 2 — before anything is compiled or written:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import ml_collections
@@ -146,52 +145,3 @@ def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
         from launch.metrics import write_json_atomic
 
         write_json_atomic(path, new)
-
-
-def run_cli(main, needs_workdir: bool, default_config: ml_collections.ConfigDict | None = None) -> None:
-    """absl entry point with `--config=file.py[:preset]`, `--config.a.b=v` overrides and `--workdir`.
-
-    With `default_config`, `--config` names no file: the overrides apply to that config, and `main` may read them
-    back with `config_flags.get_override_values(flags.FLAGS["config"])` (launch.branch, which starts from another
-    run's config). User errors (bad flags, unknown fields, bad values, missing data) print one line and exit 2;
-    bugs still raise with a traceback.
-    """
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    if default_config is None:
-        config_flags.DEFINE_config_file("config", None, "experiment file and preset, e.g. experiments/base.py:tiny")
-    else:
-        config_flags.DEFINE_config_dict("config", default_config, "--config.a.b=v overrides")
-    flags.DEFINE_string("workdir", None, "run (or sweep) directory; rerunning the same command resumes it")
-
-    def parse(argv):
-        try:
-            rest = flags.FLAGS(argv)
-        except flags.Error as e:
-            _die(str(e))
-        except (ValueError, TypeError, AttributeError, KeyError, FileNotFoundError) as e:  # raised by config files
-            _die(f"--config: {e}")
-        if flags.FLAGS.config is None:
-            _die("--config is required, e.g. --config=experiments/base.py:tiny")
-        if needs_workdir and not flags.FLAGS.workdir:
-            _die("--workdir is required")
-        return rest
-
-    def guarded(argv):
-        from absl import logging
-
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-        mesh_lib.configure_xla_flags()
-        mesh_lib.maybe_initialize_distributed()
-        try:
-            main(argv)
-        except USER_ERRORS as e:
-            _die(str(e))
-
-    app.run(guarded, flags_parser=parse)
-
-
-def _die(msg: str) -> None:
-    print(f"error: {msg.strip().splitlines()[0] if msg.strip() else 'invalid arguments'}", file=sys.stderr)
-    sys.exit(2)

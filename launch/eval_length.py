@@ -12,14 +12,13 @@ the run's `model.softplus.query_chunk` bounds LSSAR's attention memory.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from experiments import base
-from launch import configs, data, mesh as mesh_lib, metrics as metrics_lib, train
+from launch import cli, configs, data, mesh as mesh_lib, metrics as metrics_lib, train
 
 
 def load_config(workdir: Path):
@@ -82,22 +81,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("workdir", None, "a run directory of launch.train (config.json + checkpoints/)", required=True)
     flags.DEFINE_string("lengths", None, "comma-separated evaluation lengths, e.g. 64,128,256", required=True)
     flags.DEFINE_integer("batches", 0, "held-out batches per length; 0 = the run's train.eval_batches")
     flags.DEFINE_integer("batch_size", 0, "sequences per batch; 0 = the run's data.batch_size")
-
-    def guarded(argv):
-        from absl import logging
-
-        logging.set_verbosity(logging.WARNING)
-        mesh_lib.configure_xla_flags()
-        try:
-            main(argv)
-        except configs.USER_ERRORS as e:
-            print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(guarded)
+    cli.run(main)

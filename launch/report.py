@@ -17,7 +17,6 @@ Agg backend (no display needed).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -28,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from launch import metrics as metrics_lib
+from launch import cli, metrics as metrics_lib, records
 
 LR_KEY = "optim.lr"
 SIZE_KEYS = ("model.d_model", "model.n_layers", "model.n_heads", "model.head_dim", "model.d_ff")  # model shape
@@ -49,16 +48,6 @@ def lr_sensitivity(final_losses: Sequence[float], initial_loss: float) -> float:
 def capped(losses: Sequence[float | None], initial_loss: float) -> list[float]:
     """min(loss, ℓ0), with ℓ0 for a diverged run (NaN, inf or None)."""
     return [min(x, initial_loss) if x is not None and math.isfinite(x) else initial_loss for x in losses]
-
-
-def read_results(path: Path) -> list[dict]:
-    """The rows of a sweep's results.jsonl, the first per trial id; a torn line (a kill mid-write) is ignored."""
-    rows, seen = [], set()
-    for row in metrics_lib.read_jsonl(path):
-        if row["id"] not in seen:
-            seen.add(row["id"])
-            rows.append(row)
-    return rows
 
 
 def trial_loss(row: dict) -> float:
@@ -328,7 +317,7 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False) ->
     out = path / "report"
     png = metric_filename(metric)
     if (path / "results.jsonl").exists():
-        rows = read_results(path / "results.jsonl")
+        rows = records.read_results(path / "results.jsonl")
         out.mkdir(exist_ok=True)
         table = sensitivity_table(rows)
         write_sensitivity_csv(table, out / "lr_sensitivity.csv")
@@ -357,21 +346,19 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False) ->
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.splitlines()[0])
-    parser.add_argument("dir", help="a sweep directory (results.jsonl) or a run directory (metrics.jsonl)")
-    parser.add_argument(
-        "--metric", default="loss", help="metrics.jsonl key to plot over steps, e.g. attn_max_logit/layer_0"
-    )
-    parser.add_argument("--log_y", action="store_true", help="log scale for the metric plot")
-    args = parser.parse_args(argv)
-    try:
-        out = write_report(args.dir, args.metric, args.log_y)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv) -> None:
+    from absl import flags
+
+    dirs = argv[1:]
+    if len(dirs) != 1:
+        raise FileNotFoundError("give one sweep directory (results.jsonl) or run directory (metrics.jsonl)")
+    out = write_report(dirs[0], flags.FLAGS.metric, flags.FLAGS.log_y)
     print(f"report: {out}/summary.md")
 
 
 if __name__ == "__main__":
-    main()
+    from absl import flags
+
+    flags.DEFINE_string("metric", "loss", "metrics.jsonl key to plot over steps, e.g. attn_max_logit/layer_0")
+    flags.DEFINE_bool("log_y", False, "log scale for the metric plot")
+    cli.run(main)

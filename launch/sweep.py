@@ -49,7 +49,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import optim
-from launch import checkpoint, configs, mesh as mesh_lib, report, train
+from launch import checkpoint, cli, configs, mesh as mesh_lib, records, report, train
 from models import transformer
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
@@ -138,25 +138,6 @@ def group_trials(trials: list[Trial]) -> list[list[Trial]]:
 # ---- results.jsonl ------------------------------------------------------------------------------------------------
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line without its newline, so the next append starts a line of its own."""
-    if path.exists():
-        text = path.read_bytes()
-        if text and not text.endswith(b"\n"):
-            with path.open("r+b") as f:
-                f.truncate(text.rfind(b"\n") + 1)
-
-
-def append_result(path: Path, row: dict) -> None:
-    """Appends one row as one write of one line, then fsync: a kill leaves whole lines (or one torn last line)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(row, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Recorder:
     """Appends a finished trial to results.jsonl and prints its line, e.g.
 
@@ -169,7 +150,7 @@ class Recorder:
     def __call__(self, trial: Trial, summary: dict) -> None:
         if jax.process_index() == 0:
             fields = {k: v for k, v in summary.items() if k != "finished"}
-            append_result(self.path, {"id": trial.id, "overrides": trial.overrides, **fields})
+            records.append_result(self.path, {"id": trial.id, "overrides": trial.overrides, **fields})
         self.n_done += 1
         what = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in trial.overrides.items()) or "base"
         if summary["diverged"]:
@@ -382,8 +363,8 @@ def run_sweep(
     trials = shard_trials(make_trials(base, sweep), *parse_shard(shard))
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
     results = workdir / "results.jsonl"
-    drop_torn_tail(results)
-    finished = {r["id"] for r in report.read_results(results)}
+    records.drop_torn_tail(results)
+    finished = {r["id"] for r in records.read_results(results)}
     todo = [t for t in trials if t.id not in finished]
     n_done = len(trials) - len(todo)
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
@@ -392,7 +373,7 @@ def run_sweep(
     if jax.process_index() == 0:
         out = report.write_report(workdir)
         print(f"report: {out / 'summary.md'} (loss_vs_lr.png, lr_sensitivity.csv)", flush=True)
-    return report.read_results(results)
+    return records.read_results(results)
 
 
 def main(argv) -> None:
@@ -408,4 +389,4 @@ if __name__ == "__main__":
 
     flags.DEFINE_enum("executor", "local", list(EXECUTORS), "local: trials one after another; batched: vmapped groups")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
-    configs.run_cli(main, needs_workdir=True)
+    cli.run(main, config="file", workdir=True)

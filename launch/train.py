@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 import optim
-from launch import checkpoint, configs, data, mesh as mesh_lib, metrics as metrics_lib
+from launch import checkpoint, cli, configs, data, mesh as mesh_lib, metrics as metrics_lib
 from models import layers, transformer
 
 
@@ -701,4 +701,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    configs.run_cli(main, needs_workdir=True)
+    cli.run(main, config="file", workdir=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch import report, sweep
+import helpers
+from launch import records, report, sweep
 
 LRS = (1e-3, 1e-2, 1e-1)
 # (size, qk_norm) -> final eval losses over LRS; None = diverged. ℓ0 differs per size (and per trial, see below).
@@ -89,10 +90,10 @@ def test_sweep_report_files_and_csv(tmp_path):
 
 def test_metric_option_log_y_and_missing_metric(tmp_path, capsys):
     make_sweep_dir(tmp_path)
-    report.main([str(tmp_path), "--metric=attn_max_logit/layer_0", "--log_y"])
+    report.write_report(tmp_path, "attn_max_logit/layer_0", log_y=True)
     assert (tmp_path / "report" / "attn_max_logit_layer_0_over_steps.png").exists()
     assert "attn_max_logit_layer_0_over_steps.png" in (tmp_path / "report" / "summary.md").read_text()
-    report.main([str(tmp_path), "--metric=no_such_metric"])
+    report.write_report(tmp_path, "no_such_metric")
     assert not (tmp_path / "report" / "no_such_metric_over_steps.png").exists()
     assert "no_such_metric" in capsys.readouterr().err
 
@@ -109,14 +110,13 @@ def test_torn_last_line_of_results_is_ignored(tmp_path):
     rows = make_sweep_dir(tmp_path)
     with (tmp_path / "results.jsonl").open("a") as f:
         f.write('{"id": "half a ro')
-    assert [r["id"] for r in report.read_results(tmp_path / "results.jsonl")] == [r["id"] for r in rows]
-    sweep.drop_torn_tail(tmp_path / "results.jsonl")  # what a rerun does before appending
+    assert [r["id"] for r in records.read_results(tmp_path / "results.jsonl")] == [r["id"] for r in rows]
+    records.drop_torn_tail(tmp_path / "results.jsonl")  # what a rerun does before appending
     assert (tmp_path / "results.jsonl").read_text().endswith("}\n")
 
 
 def test_not_a_run_or_sweep_directory_is_one_line_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        report.main([str(tmp_path)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    r = helpers.run_module("launch.report", str(tmp_path))
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "neither" in err[0]
