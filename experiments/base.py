@@ -156,9 +156,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.eval_every = 100  # evaluate on held-out windows every this many steps (and at the last step)
     t.eval_batches = 4  # held-out batches per evaluation
     t.diag_every = 0  # compute the diagnostics of DESIGN §5 every this many steps; 0 = never
+    t.diag_rows = 0  # attention/logit diagnostics on the first this many rows of the batch (memory: the explicit
+    #                  float32 attention holds B*H*T*T per layer); 0 = the whole batch
     t.ckpt_every = 100  # save an orbax checkpoint every this many steps (and at the last step); 0 = only at the end
     t.keep_ckpts = 2  # newest checkpoints kept on disk
-    t.divergence_margin = 1.0  # diverged when loss > initial_loss + margin (or non-finite); stops the run
+    t.divergence_margin = 0.0  # > 0: early stopping, also diverged once training CE > initial_loss + margin; 0 (the
+    #                            paper's rule, Wortsman et al. §2): only a non-finite loss diverges (stops the run)
     t.progress = True  # print a progress line (step, loss, tokens/s) every log_every steps
     t.freq_buckets = 0  # > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
     #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import ml_collections
 
+import optim
 from launch import data, mesh as mesh_lib
 
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
 COSMETIC_FIELDS = frozenset({"train.progress"})
+# Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
+# seed (an argument of init and of the data order), and cosmetic fields.
+MEMBER_FIELDS = frozenset({f"optim.{k}" for k in optim.HPARAM_KEYS} | {"train.seed"} | COSMETIC_FIELDS)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -63,7 +67,6 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     """Checks types, ranges and combinations; raises ConfigError naming the field. Cheap: builds nothing big."""
-    import optim  # here, not at module level: validation is the only user in this module
     from flax import nnx
 
     from models import transformer
@@ -85,6 +88,8 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     _check(t.log_every > 0, f"train.log_every={t.log_every} must be positive")
     _check(t.eval_batches > 0, f"train.eval_batches={t.eval_batches} must be positive")
     _check(t.keep_ckpts > 0, f"train.keep_ckpts={t.keep_ckpts} must be positive")
+    _check(t.divergence_margin >= 0, f"train.divergence_margin={t.divergence_margin} must be >= 0 (0 = off)")
+    _check(t.diag_rows >= 0, f"train.diag_rows={t.diag_rows} must be >= 0 (0 = the whole batch)")
     _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
     if t.rewind.enabled:
         _validate_rewind(t)
@@ -145,3 +150,23 @@ def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
         from launch.metrics import write_json_atomic
 
         write_json_atomic(path, new)
+
+
+def unflatten(flat: dict) -> ml_collections.ConfigDict:
+    """The nested config of a flat {"model.d_model": 64, ...} dict (the inverse of `flatten`)."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
+def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The resolved config of the run in `workdir`, rebuilt from its own config.json (no experiment file needed)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{workdir} holds no run (no config.json)")
+    return unflatten(json.loads(path.read_text()))

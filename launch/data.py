@@ -23,6 +23,7 @@ a reader never sees half a corpus and processes preparing at once cannot corrupt
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import hashlib
@@ -166,6 +167,14 @@ class TokenSource:
         self.seed = seed
         self.process_index = process_index
         self._counts = None
+
+    def with_seed(self, seed: int) -> TokenSource:
+        """The same corpus and shapes with another seed (the data order of a member of a seed group)."""
+        if seed == self.seed:
+            return self
+        other = copy.copy(self)
+        other.seed = seed
+        return other
 
     def batch(self, step: int, split: str = "train") -> np.ndarray:
         """int32[batch_size // process_count, seq_len + 1]: this process's rows of the global batch of `step`."""

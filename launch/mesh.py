@@ -121,6 +121,8 @@ def batch_spec() -> P:
     return P(RULES["batch"])
 
 
-def global_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
-    """Assembles this process's rows of a batch into one global array sharded over the batch axes."""
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, batch_spec()), local_rows)
+def global_batch(mesh: Mesh, local_rows: np.ndarray, member_axis: bool = False) -> jax.Array:
+    """Assembles this process's rows of a batch into one global array sharded over the batch axes; with
+    `member_axis`, rows are [M, B_local, S] (one batch per member of a seed group) and the member axis stays whole."""
+    spec = P(None, *batch_spec()) if member_axis else batch_spec()
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local_rows)

@@ -7,21 +7,22 @@ Every trial is checked (unknown field, bad value) before anything runs; a bad on
 The sweep directory (DESIGN §3):
 
     DIR/config.json            the base config (a rerun with another base config is refused)
-    DIR/trials/<trial_id>/     one launch.train run directory per trial; the id is a slug of its overrides
+    DIR/sweep.json             every trial of the sweep (id, overrides), all shards: what the report expects
+    DIR/trials/<trial_id>/     one run directory per trial; the id is a slug of its overrides
+    DIR/groups/<hash>/         a batched group's checkpoints while it trains (removed when it is done)
     DIR/results.jsonl          one row per finished trial, appended atomically (one line, one write, fsync)
     DIR/report/                plots and tables of launch.report, written at the end
 
-Executors:
-  local    trials one after another in this process through `launch.train.train`, which resumes a killed trial
-           from its checkpoints. Trials that differ only in optimizer scalars (optim.HPARAM_KEYS) share one
-           compiled program: a cache keyed by the config without those scalars.
-  batched  trials that differ only in optimizer scalars form a group trained as ONE program: the train step is
-           `jax.vmap`ped over (state, hparams) with the batch shared, exactly an LR sweep's protocol (same init,
-           same data). A member that diverges is frozen (its state stops changing) and recorded without touching
-           the others. The member axis is sharded over the `data` mesh axis when it divides. Every member gets its
-           own run directory (metrics.jsonl, summary.json, a final checkpoint), written by the same
-           `train.RunRecord` that launch.train uses, with the same eval metrics (the per-frequency-bucket losses
-           of `train.freq_buckets` too). A group of one runs as in `local`. A killed group restarts.
+Both executors run the one training loop (launch/loop.py). Trials whose configs differ only in
+`configs.MEMBER_FIELDS` (optimizer scalars and train.seed) form a program group:
+  local    the trials one after another, each a group of one member (exactly `launch.train`); the trials of a
+           program group share one compiled program. A killed trial resumes from its checkpoints.
+  batched  each program group as ONE program over its M members: the train step is vmapped over (state,
+           hparams), the batch shared by members of one seed (an LR sweep's protocol: same init, same data), one
+           init and data order per seed otherwise. A diverged member is frozen and recorded at once; the others go
+           on. The group checkpoints every train.ckpt_every steps; a killed group resumes as the same group from
+           its checkpoint, so its numbers equal an uninterrupted sweep's. Rewind needs one member: such trials
+           run one at a time.
 
 Rerunning the command skips the trials in results.jsonl; a kill loses only the trials in flight.
 
@@ -35,22 +36,15 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import shutil
-import time
 from pathlib import Path
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from absl import logging
 
 import optim
-from launch import checkpoint, cli, configs, mesh as mesh_lib, records, report, train
-from models import transformer
+from launch import cli, configs, loop, metrics as metrics_lib, records, report
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
 
@@ -122,8 +116,9 @@ def make_trials(base: ml_collections.ConfigDict, sweep: list[dict]) -> list[Tria
 
 
 def program_key(cfg) -> str:
-    """The config without optimizer scalars and cosmetic fields: trials with equal keys share one program."""
-    drop = {f"optim.{k}" for k in optim.HPARAM_KEYS} | configs.COSMETIC_FIELDS
+    """The config without the fields members of a group may differ in (`configs.MEMBER_FIELDS`: optimizer
+    scalars, the seed, cosmetic fields): trials with equal keys share one compiled program."""
+    drop = configs.MEMBER_FIELDS
     return json.dumps({k: v for k, v in configs.flatten(cfg).items() if k not in drop}, sort_keys=True, default=str)
 
 
@@ -158,7 +153,7 @@ class Recorder:
         else:
             loss = summary["eval_loss"] if summary["eval_loss"] is not None else summary["final_loss"]
             outcome = f"{'eval' if summary['eval_loss'] is not None else 'train'} {loss:.4f}"
-        print(f"[{self.n_done}/{self.n_trials}] {what} ... {outcome} ({summary['wall_seconds']:.1f}s)", flush=True)
+        logging.info("[%d/%d] %s ... %s (%.1fs)", self.n_done, self.n_trials, what, outcome, summary["wall_seconds"])
 
 
 def trial_dir(workdir: Path, trial: Trial) -> Path:
@@ -169,164 +164,55 @@ def trial_dir(workdir: Path, trial: Trial) -> Path:
 
 
 def run_local(trials: list[Trial], workdir: Path, record: Recorder) -> None:
-    """One trial after another through `train.train`; one Runtime (compiled program) per `program_key`."""
-    runtimes: dict[str, train.Runtime] = {}
+    """One trial after another, each a group of one; trials of one `program_key` share one compiled program."""
+    runtimes: dict[str, loop.Runtime] = {}
     for t in trials:
         key = program_key(t.cfg)
         if key not in runtimes:
-            runtimes[key] = train.make_runtime(t.cfg)
-        record(t, train.train(t.cfg, trial_dir(workdir, t), runtimes[key], verbose=t.cfg.train.progress))
+            runtimes[key] = loop.Runtime(t.cfg)
+        rt = runtimes[key]
+        record(t, loop.train(t.cfg, trial_dir(workdir, t), rt=rt, verbose=t.cfg.train.progress))
+
+
+def group_dir(workdir: Path, group: list[Trial]) -> Path:
+    """Where a batched group keeps its checkpoints while it trains: named by its members, in order."""
+    digest = hashlib.sha1(json.dumps([t.id for t in group]).encode()).hexdigest()[:12]
+    return workdir / "groups" / digest
 
 
 def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
-    """Each group of trials that differ only in optimizer scalars as one vmapped program (`train_group`)."""
+    """Each group of trials that differ only in optimizer scalars and seed as ONE program (launch/loop.py).
+
+    The groups are those of the whole sweep (`group_trials`), never of what is left to do, so a resumed group is the
+    same group and its members' numbers do not depend on when the sweep was killed.
+    """
     groups = group_trials(trials)
     for g, group in enumerate(groups):
-        done = {t.id: train.finished_summary(trial_dir(workdir, t)) for t in group}
-        for t in group:  # finished runs whose results row a kill prevented
-            if done[t.id] is not None:
-                record(t, done[t.id])
-        group = [t for t in group if done[t.id] is None]
-        if len(group) == 1 or group[0].cfg.train.rewind.enabled:  # a rewind restores one run's checkpoint
-            run_local(group, workdir, record)
-        elif group:
-            print(f"group {g + 1}/{len(groups)}: {len(group)} trials in one batched program", flush=True)
-            for t, summary in zip(group, train_group(group, workdir)):
+        finished = {r["id"] for r in records.read_results(record.path)}
+        todo = [t for t in group if t.id not in finished]
+        if not todo:
+            continue
+        for t in todo:  # finished runs whose results row a kill prevented
+            summary = records.finished_summary(trial_dir(workdir, t))
+            if summary is not None:
                 record(t, summary)
+        if len(group) == 1 or group[0].cfg.train.rewind.enabled:
+            if len(group) > 1:
+                logging.info("group %d/%d: train.rewind restores one run's checkpoint: its %d trials run one at a "
+                             "time", g + 1, len(groups), len(group))
+            run_local([t for t in todo if records.finished_summary(trial_dir(workdir, t)) is None], workdir, record)
+            continue
+        gdir = group_dir(workdir, group)
+        if jax.process_index() == 0:
+            gdir.mkdir(parents=True, exist_ok=True)
+            metrics_lib.write_json_atomic(gdir / "group.json", {"members": [t.id for t in group]})
+        logging.info("group %d/%d: %d trials in one batched program", g + 1, len(groups), len(group))
+        members = [loop.Member(t.cfg, trial_dir(workdir, t)) for t in group]
+        loop.train_group(members, loop.Runtime(group[0].cfg), group_dir=gdir,
+                         on_done=lambda i, summary: record(group[i], summary))
 
 
 EXECUTORS = {"local": run_local, "batched": run_batched}
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchedProgram:
-    """The jitted functions of a group of `n` members; every array has the member axis first."""
-
-    broadcast: Callable  # state -> states_M (n copies)
-    step: Callable  # (states_M, batch, hparams_M, alive_M, threshold) -> (states_M, alive_M, metrics_M)
-    evaluate: Callable  # (states_M, batch) -> ce_M
-    eval_buckets: Callable  # (states_M, batch, bucket_ids_NxV) -> (ce sums, target counts), float32[n, N, K] each
-    diagnose: Callable  # (states_M, batch, hparams_M) -> diagnostics with a leading member axis
-    member: NamedSharding  # sharding of a [n, ...] array
-
-
-def batched_program(prog: train.Program, n: int) -> BatchedProgram:
-    """vmaps the program's pure functions over `n` members: `in_axes=(0, None, 0)` for (state, batch, hparams).
-
-    The member axis is sharded over the `data` mesh axis when n is a multiple of its size (otherwise replicated);
-    parameter axes keep their shardings. The shared batch keeps its own; XLA gathers it where members need it.
-    """
-    mesh = prog.mesh
-    ways = mesh.shape["data"]
-    axis = "data" if ways > 1 and n % ways == 0 else None
-    states = jax.tree.map(lambda s: NamedSharding(mesh, P(axis, *s.spec)), prog.state_shardings)
-    member = NamedSharding(mesh, P(axis))
-    batch, replicated = NamedSharding(mesh, mesh_lib.batch_spec()), NamedSharding(mesh, P())
-
-    def step(states_M, batch_BxS, hparams_M, alive_M, threshold):
-        new_M, metrics_M = jax.vmap(prog.train_step, in_axes=(0, None, 0))(states_M, batch_BxS, hparams_M)
-        alive_M = alive_M & ~train.diverged(metrics_M["loss"], metrics_M["ce"], threshold)
-
-        def keep(new, old):  # a member that diverges at this step keeps its previous state from now on
-            return jnp.where(alive_M.reshape(alive_M.shape + (1,) * (new.ndim - 1)), new, old)
-
-        return jax.tree.map(keep, new_M, states_M), alive_M, metrics_M
-
-    return BatchedProgram(
-        broadcast=jax.jit(
-            lambda state: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), state), out_shardings=states
-        ),
-        step=jax.jit(
-            step,
-            in_shardings=(states, batch, member, member, replicated),
-            out_shardings=(states, member, member),
-            donate_argnums=(0,),
-        ),
-        evaluate=jax.jit(
-            jax.vmap(prog.eval_step, in_axes=(0, None)), in_shardings=(states, batch), out_shardings=member
-        ),
-        eval_buckets=jax.jit(
-            jax.vmap(prog.eval_buckets, in_axes=(0, None, None)),
-            in_shardings=(states, batch, replicated),
-            out_shardings=(member, member),
-        ),
-        diagnose=jax.jit(jax.vmap(prog.diagnose, in_axes=(0, None, 0)), in_shardings=(states, batch, member)),
-        member=member,
-    )
-
-
-def _member(tree, i: int):
-    """Member i's slice of a tree whose leaves have the member axis first."""
-    return jax.tree.map(lambda x: x[i], tree)
-
-
-def train_group(trials: list[Trial], workdir: Path) -> list[dict]:
-    """Trains trials whose configs differ only in optimizer scalars as one program; returns their summaries.
-
-    All members start from the same initialised state and see the same batches, so each member computes what
-    its standalone run computes (launch.train); divergence freezes a member and stops its records, not the group.
-    """
-    cfg, n = trials[0].cfg, len(trials)
-    dirs = [trial_dir(workdir, t) for t in trials]
-    for t, d in zip(trials, dirs):
-        configs.claim_workdir(t.cfg, d, write=jax.process_index() == 0)
-        shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a member restarts from scratch: older ones are stale
-    rt = train.make_runtime(cfg)
-    bp = batched_program(rt.prog, n)
-    mesh, source, total = rt.mesh, rt.source, int(cfg.train.steps)
-
-    state = train.fresh_state(rt, cfg)
-    initial_loss, n_params = float(state["initial_loss"]), transformer.count_params(state["params"])
-    states_M = bp.broadcast(state)
-    hparams = [train.hparams_array(t.cfg) for t in trials]
-    hparams_M = jax.device_put(jax.tree.map(lambda *h: np.stack(h), *hparams), bp.member)
-    records = [
-        train.RunRecord(t.cfg, d, start=0, initial_loss=initial_loss, n_params=n_params, verbose=False)
-        for t, d in zip(trials, dirs)
-    ]
-    threshold = jnp.float32(records[0].threshold)
-    n_buckets = cfg.train.freq_buckets
-    bucket_table = train.frequency_buckets(source.token_counts(), n_buckets) if n_buckets else None
-    live = np.ones(n, bool)  # members still training (host view); the step keeps `alive_M` in step with it
-    alive_M = jax.device_put(live, bp.member)
-
-    t0, pending = time.time(), []
-    for step in range(total):
-        step_num = step + 1
-        batch = mesh_lib.global_batch(mesh, source.batch(step))
-        if cfg.train.diag_every and step_num % cfg.train.diag_every == 0:
-            diag_M = jax.device_get(bp.diagnose(states_M, batch, hparams_M))
-            for i in np.flatnonzero(live):
-                records[i].write(step_num, _member(diag_M, i))
-        states_M, alive_M, metrics_M = bp.step(states_M, batch, hparams_M, alive_M, threshold)
-        pending.append((step_num, metrics_M))
-        was_live = live.copy()
-        if train.due(cfg.train.log_every, step_num, total):
-            rows = jax.device_get(pending)
-            pending = []
-            for i in np.flatnonzero(live):
-                live[i] = not records[i].log_window([(s, _member(r, i)) for s, r in rows])
-            if cfg.train.progress:
-                best = min((float(rows[-1][1]["loss"][i]) for i in np.flatnonzero(live)), default=float("nan"))
-                elapsed = time.time() - t0
-                print(f"  step {step_num}/{total} | {live.sum()}/{n} alive | best loss {best:.4f} | {elapsed:.0f}s", flush=True)
-        if cfg.train.eval_every and train.due(cfg.train.eval_every, step_num, total):
-            eval_M = train.evaluate_loss(bp.evaluate, states_M, source, cfg, mesh)
-            buckets_M = (
-                train.evaluate_buckets(bp.eval_buckets, states_M, source, cfg, mesh, bucket_table) if n_buckets else {}
-            )
-            for i in np.flatnonzero(live):
-                live[i] = not records[i].log_eval(step_num, eval_M[i], _member(buckets_M, i))
-        if not live.any():
-            break
-        if (live != was_live).any():  # e.g. a non-finite eval: freeze those members in the program too
-            alive_M = jax.device_put(np.asarray(alive_M) & live, bp.member)
-
-    for i in np.flatnonzero(live):  # the final parameters of every finished member, as launch.train leaves them
-        ckpt = checkpoint.Checkpointer(dirs[i] / "checkpoints", keep=trials[i].cfg.train.keep_ckpts)
-        ckpt.save(total, _member(states_M, i))
-        ckpt.close()
-    return [r.finish() for r in records]
 
 
 # ---- the sweep ----------------------------------------------------------------------------------------------------
@@ -360,19 +246,23 @@ def run_sweep(
     workdir = Path(workdir)
     if executor not in EXECUTORS:
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
-    trials = shard_trials(make_trials(base, sweep), *parse_shard(shard))
+    all_trials = make_trials(base, sweep)
+    trials = shard_trials(all_trials, *parse_shard(shard))
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
+    if jax.process_index() == 0:  # every trial of the sweep (all shards): the report flags the missing ones
+        listing = [{"id": t.id, "overrides": t.overrides} for t in all_trials]
+        metrics_lib.write_json_atomic(workdir / "sweep.json", json.loads(json.dumps({"trials": listing}, default=list)))
     results = workdir / "results.jsonl"
     records.drop_torn_tail(results)
     finished = {r["id"] for r in records.read_results(results)}
     todo = [t for t in trials if t.id not in finished]
     n_done = len(trials) - len(todo)
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
-    print(f"{workdir}: {what}, {n_done} already finished; executor {executor}", flush=True)
+    logging.info("%s: %s, %d already finished; executor %s", workdir, what, n_done, executor)
     EXECUTORS[executor](todo, workdir, Recorder(results, len(trials), n_done))
     if jax.process_index() == 0:
         out = report.write_report(workdir)
-        print(f"report: {out / 'summary.md'} (loss_vs_lr.png, lr_sensitivity.csv)", flush=True)
+        logging.info("report: %s (loss_vs_lr.png, lr_sensitivity.csv)", out / "summary.md")
     return records.read_results(results)
 
 
