@@ -22,11 +22,9 @@ from launch.report import common, lr_curves
 
 def spread_over_seeds(group: lr_curves.Group) -> tuple[np.ndarray, np.ndarray]:
     """(max − min, sample std) over the present seeds of the capped loss at every LR; NaN with fewer than two."""
-    y_SxL = group.capped_SxL
-    n_L = group.present_SxL.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spread = np.where(n_L > 1, np.nanmax(y_SxL, axis=0) - np.nanmin(y_SxL, axis=0), np.nan)
-        std = np.where(n_L > 1, np.nanstd(y_SxL, axis=0, ddof=1), np.nan)
+    columns = [y_S[ok_S] for y_S, ok_S in zip(group.capped_SxL.T, group.present_SxL.T)]
+    spread = np.array([np.ptp(y) if len(y) > 1 else np.nan for y in columns])
+    std = np.array([np.std(y, ddof=1) if len(y) > 1 else np.nan for y in columns])
     return spread, std
 
 
