@@ -9,7 +9,7 @@ the overall loss comes mostly from the rare groups. Each optimizer is one batche
 
     python -m launch.sweep --config=experiments/class_imbalance.py:tiny --workdir=runs/imbalance --executor=batched
 
-The report (launch/bucket_report.py) draws report/bucket_loss_over_steps.png in Fig. 1's layout (the overall eval
+The report (launch/report/buckets.py) draws report/bucket_loss_over_steps.png in Fig. 1's layout (the overall eval
 loss of every trial, then one panel per trial with one line per group, ln V dotted), buckets_vs_name+lr.png (final
 loss per group for each optimizer and LR) and the per-group table in summary.md.
 

@@ -9,7 +9,7 @@ move. Weight decay is an optimizer scalar, so with --executor=batched every pres
 
     python -m launch.sweep --config=experiments/weight_decay_fairness.py:tiny --workdir=runs/wd_fair --executor=batched
 
-The report (launch/bucket_report.py) draws report/buckets_vs_weight_decay.png (each bucket's final eval loss
+The report (launch/report/buckets.py) draws report/buckets_vs_weight_decay.png (each bucket's final eval loss
 against λ, and the loss against the bucket one curve per λ: the §2(a) headline plot), bucket_loss_over_steps.png
 and the per-bucket table in summary.md.
 

@@ -1,6 +1,6 @@
 """The token-frequency studies (spec optimizers-and-metrics §2 weight decay, §5 Adam vs SGD): heavy-ball SGD
 (optim/sgd.py), per-bucket eval losses in the batched sweep executor, the §2(d) known-answer check of the
-bucketed loss, the bucket report (launch/bucket_report.py) and the two study files.
+bucketed loss, the bucket report (launch/report/buckets.py) and the two study files.
 
 The §5(d) group-split example is tested in test_train_interventions.py (test_frequency_buckets_match_hand_...).
 """
@@ -19,7 +19,8 @@ import pytest
 import optim
 import test_optim
 from experiments import base, class_imbalance, weight_decay_fairness
-from launch import bucket_report, configs, report, sweep, train
+from launch import configs, report, sweep, train
+from launch.report import buckets
 
 # ---- SGD ------------------------------------------------------------------------------------------------------
 
@@ -96,7 +97,7 @@ def bucket_rows(run_dir: Path) -> list[dict]:
 
 def test_batched_sweep_bucket_losses_equal_local_runs_and_get_plotted(tmp_path):
     """Two SGD learning rates as one vmapped program log, at every eval, the per-member bucket losses their local
-    runs log; the sweep report then draws the bucket plots (launch/bucket_report.py)."""
+    runs log; the sweep report then draws the bucket plots (launch/report/buckets.py)."""
     sweep_overrides = [{"optim.lr": 0.1}, {"optim.lr": 0.3}]
     local = sweep.run_sweep(micro_config(), sweep_overrides, tmp_path / "local", "local")
     batched = sweep.run_sweep(micro_config(), sweep_overrides, tmp_path / "batched", "batched")
@@ -196,7 +197,7 @@ def test_bucket_report_of_a_categorical_sweep_with_a_diverged_trial(tmp_path):
 
 
 def test_no_bucket_section_without_bucket_metrics(tmp_path):
-    assert bucket_report.write_bucket_report(tmp_path, [], tmp_path) == ""
+    assert buckets.write_bucket_report(tmp_path, [], tmp_path) == ""
 
 
 @pytest.mark.parametrize(
@@ -210,7 +211,7 @@ def test_no_bucket_section_without_bucket_metrics(tmp_path):
 )
 def test_sweep_axis(values, scale, ticks):
     rows = [{"overrides": {"optim.key": v}} for v in values]
-    x, got_ticks, got_scale = bucket_report.sweep_axis(rows, bucket_report.swept_keys(rows))
+    x, got_ticks, got_scale = buckets.sweep_axis(rows, buckets.swept_keys(rows))
     assert (got_scale, got_ticks) == (scale, ticks)
     assert x.tolist() == (list(range(len(values))) if ticks else values)
 

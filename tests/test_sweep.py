@@ -18,7 +18,7 @@ import pytest
 
 from experiments import base, small_scale_proxies, sweeps
 from helpers import REPO, final_params, run_module
-from launch import configs, mesh as mesh_lib, report, sweep, train
+from launch import configs, mesh as mesh_lib, records, sweep, train
 
 
 # A study small enough for seconds per trial on CPU; float32 so batched members equal standalone runs.
@@ -252,7 +252,7 @@ def test_killed_sweep_reruns_every_trial_exactly_once(tmp_path, executor):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    n_before = len(report.read_results(results))
+    n_before = len(records.read_results(results))
     assert 1 <= n_before < len(trials), "the kill did not land mid-sweep"
 
     rerun = run_cli(*args)
@@ -260,7 +260,7 @@ def test_killed_sweep_reruns_every_trial_exactly_once(tmp_path, executor):
     assert f"{n_before} already finished" in rerun.stdout
     ids = [json.loads(l)["id"] for l in results.read_text().splitlines()]
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
-    assert all(not r["diverged"] and math.isfinite(r["eval_loss"]) for r in report.read_results(results))
+    assert all(not r["diverged"] and math.isfinite(r["eval_loss"]) for r in records.read_results(results))
 
 
 def test_two_shards_started_together_share_one_sweep_directory(tmp_path):

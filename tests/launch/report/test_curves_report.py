@@ -1,4 +1,4 @@
-"""launch/curves_report.py on hand-made sweep directories, and the spam / wsd_s study presets."""
+"""launch/report/curves.py on hand-made sweep directories, and the spam / wsd_s study presets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from experiments import base, spam, wsd_s
-from launch import configs, curves_report, report, sweep
+from launch import configs, report, sweep
+from launch.report import curves
 
 BUDGETS = (10, 20, 40)
 
@@ -63,12 +64,12 @@ def test_budget_table_picks_each_methods_decayed_model(tmp_path):
 
 def test_decayed_budgets_and_when_curves_are_wanted():
     cfg = configs.flatten(base.get_config("tiny"))
-    assert curves_report.decayed_budgets({**cfg, "optim.schedule": "wsd", "optim.wsd.cycles": [5]}) == [cfg["train.steps"]]
-    assert curves_report.decayed_budgets({**cfg, "optim.schedule": "wsd_s", "optim.wsd.cycles": [5, 9]}) == [5, 9, 300]
-    assert not curves_report.wanted([cfg, {**cfg, "optim.lr": 1.0}])  # a plain LR sweep: the LR report says it all
-    assert curves_report.wanted([cfg, {**cfg, "train.spike_at_step": 7}])
-    assert curves_report.wanted([cfg, {**cfg, "optim.name": "spam"}])
-    assert curves_report.wanted([cfg, {**cfg, "train.steps": 100}])
+    assert curves.decayed_budgets({**cfg, "optim.schedule": "wsd", "optim.wsd.cycles": [5]}) == [cfg["train.steps"]]
+    assert curves.decayed_budgets({**cfg, "optim.schedule": "wsd_s", "optim.wsd.cycles": [5, 9]}) == [5, 9, 300]
+    assert not curves.wanted([cfg, {**cfg, "optim.lr": 1.0}])  # a plain LR sweep: the LR report says it all
+    assert curves.wanted([cfg, {**cfg, "train.spike_at_step": 7}])
+    assert curves.wanted([cfg, {**cfg, "optim.name": "spam"}])
+    assert curves.wanted([cfg, {**cfg, "train.steps": 100}])
 
 
 def test_lr_only_sweep_gets_no_curves_section(tmp_path):
@@ -86,7 +87,7 @@ def test_spike_and_schedule_study_presets_are_valid_sweeps(study, preset):
     cfg = study.get_config(preset)
     trials = sweep.make_trials(cfg, study.get_sweep(preset))
     if study is wsd_s:  # an eval lands on every budget, so every method's decayed model is measured
-        budgets = {b for t in trials for b in curves_report.decayed_budgets(configs.flatten(t.cfg))}
+        budgets = {b for t in trials for b in curves.decayed_budgets(configs.flatten(t.cfg))}
         assert budgets == set(wsd_s.BUDGETS[preset]) and all(b % cfg.train.eval_every == 0 for b in budgets)
         assert len(sweep.group_trials(trials)) == 8
     else:  # adam and adam+clip share a program (clip is an optimizer scalar); spam is its own

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from launch import metrics as metrics_lib, report
+from launch import metrics as metrics_lib
+from launch.report import common
 
 # The metrics of `launch.train.BUCKET_METRICS` (the on-disk names) and how the plots name their bucketing.
 VIEWS = {
@@ -60,7 +61,7 @@ def _sort_key(row: dict, keys: list[str]) -> tuple:
 
 def trial_label(row: dict, keys: list[str]) -> str:
     """The trial's values of the swept keys, e.g. `name=sgd, lr=0.1`."""
-    return report._label([(k, row["overrides"].get(k)) for k in keys])
+    return common.label([(k, row["overrides"].get(k)) for k in keys])
 
 
 def sweep_axis(rows: list[dict], keys: list[str]) -> tuple[np.ndarray, list[str] | None, str]:
@@ -114,7 +115,7 @@ def plot_buckets_vs_sweep(rows: list[dict], keys: list[str], path: Path, title: 
     """`buckets_vs_<key>.png` (module docstring) for the bucket-logging rows, sorted along the sweep; a third row
     shows each bucket's change from the first trial (e.g. λ = 0), where a disproportionate rise of the rare
     buckets (spec §2(c)) is easiest to see."""
-    plt = report._pyplot()
+    plt = common.pyplot()
     x, ticks, scale = sweep_axis(rows, keys)
     trial_colors = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
     overall = np.array([np.nan if r["eval_loss"] is None else r["eval_loss"] for r in rows], dtype=float)
@@ -152,20 +153,20 @@ def bucket_series(run_dir: Path, metric: str = MASS) -> tuple[np.ndarray, np.nda
 
 
 def _log_vocab(run_dir: Path) -> float:
-    return math.log(report.run_config(run_dir)["model.vocab_size"])
+    return math.log(common.run_config(run_dir)["model.vocab_size"])
 
 
 def plot_bucket_loss_over_steps(runs: list[tuple[str, Path, bool]], path: Path) -> bool:
     """`bucket_loss_over_steps.png` for (label, run_dir, diverged) runs; False when none logged bucket losses."""
-    plt = report._pyplot()
+    plt = common.pyplot()
     series = [(label, d, bad, *bucket_series(d)) for label, d, bad in runs]
     series = [s for s in series if len(s[3])]
     if not series:
         return False
-    fig, axes = report._axes_grid(plt, 1 + len(series), sharey=True, width=4.6, height=3.6)
+    fig, axes = common.axes_grid(plt, 1 + len(series), sharey=True, width=4.6, height=3.6)
     trial_colors = plt.cm.plasma(np.linspace(0, 0.85, len(series)))
     for (label, run_dir, bad, steps, loss_SxK), color, ax in zip(series, trial_colors, axes[1:]):
-        axes[0].plot(*report.metric_series(run_dir, "eval_loss"), "o-", color=color, markersize=3,
+        axes[0].plot(*common.metric_series(run_dir, "eval_loss"), "o-", color=color, markersize=3,
                      label=label + (" (diverged)" if bad else ""))
         for b, group_color in enumerate(plt.cm.viridis(np.linspace(0, 1, loss_SxK.shape[1]))):
             ax.plot(steps, loss_SxK[:, b], color=group_color, linewidth=1.3)
@@ -191,10 +192,10 @@ def bucket_tables(rows: list[dict], keys: list[str]) -> str:
     for metric, view in VIEWS.items():
         n_buckets = len(rows[0][metric])
         out.append(f"\n**{view}** (`{metric}`)\n")
-        out.append(report._md_table(
+        out.append(common.md_table(
             ["trial", "eval loss", *(str(b) for b in range(n_buckets))],
-            [[trial_label(r, keys), report._fmt(r["eval_loss"]),
-              *(report._fmt(v, ".3f") for v in as_array(r[metric]))] for r in rows]))
+            [[trial_label(r, keys), common.fmt(r["eval_loss"]),
+              *(common.fmt(v, ".3f") for v in as_array(r[metric]))] for r in rows]))
     return "".join(out)
 
 
@@ -210,7 +211,7 @@ def write_bucket_report(workdir: Path, rows: list[dict], out: Path) -> str:
     rows, final = (sorted(x, key=lambda r: _sort_key(r, keys)) for x in (rows, final))
     runs = [(trial_label(r, keys), workdir / "trials" / r["id"], bool(r["diverged"])) for r in rows]
     plot_bucket_loss_over_steps(runs, out / "bucket_loss_over_steps.png")
-    name = f"buckets_vs_{'+'.join(report._leaf(k) for k in keys) or 'trial'}.png"
+    name = f"buckets_vs_{'+'.join(common.leaf(k) for k in keys) or 'trial'}.png"
     plot_buckets_vs_sweep(final, keys, out / name, workdir.name)
     return (
         "\n## Loss per token-frequency bucket\n\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch import report
+from launch.report import common
 
 STEPS_KEY = "train.steps"
 CYCLIC_SCHEDULES = ("wsd_s", "cyclic_cosine")  # schedules whose cycle ends (optim.wsd.cycles) are decayed models
@@ -29,7 +29,7 @@ CYCLIC_SCHEDULES = ("wsd_s", "cyclic_cosine")  # schedules whose cycle ends (opt
 
 def method_label(row: dict) -> str:
     """The trial's overrides without the LR and the budget: what one colour means."""
-    return report._label(sorted((k, v) for k, v in row["overrides"].items() if k not in (report.LR_KEY, STEPS_KEY)))
+    return common.label(sorted((k, v) for k, v in row["overrides"].items() if k not in (common.LR_KEY, STEPS_KEY)))
 
 
 def decayed_budgets(cfg: dict) -> list[int]:
@@ -49,18 +49,18 @@ def wanted(configs: list[dict]) -> bool:
 
 
 def eval_at(run_dir: Path, step: int) -> float | None:
-    steps, values = report.metric_series(run_dir, "eval_loss")
+    steps, values = common.metric_series(run_dir, "eval_loss")
     hit = values[steps == step]
     return float(hit[-1]) if len(hit) and math.isfinite(hit[-1]) else None
 
 
 def plot_loss_over_tokens(workdir: Path, rows: list[dict], configs: list[dict], path: Path) -> None:
-    plt = report._pyplot()
+    plt = common.pyplot()
     methods = sorted({method_label(r) for r in rows})
     colors = dict(zip(methods, plt.cm.tab10(np.arange(len(methods)) % 10)))
-    styles = dict(zip(methods, (report.LINESTYLES * len(methods))[: len(methods)]))
+    styles = dict(zip(methods, (common.LINESTYLES * len(methods))[: len(methods)]))
     lrs = sorted({r["lr"] for r in rows})
-    fig, axes = report._axes_grid(plt, len(lrs), sharey=True, width=6.5, height=4.2)
+    fig, axes = common.axes_grid(plt, len(lrs), sharey=True, width=6.5, height=4.2)
     budgets = sorted({b for c in configs for b in decayed_budgets(c)})
     spikes = sorted({c["train.spike_at_step"] for c in configs} - {0})
     for ax, lr in zip(axes, lrs):
@@ -72,13 +72,13 @@ def plot_loss_over_tokens(workdir: Path, rows: list[dict], configs: list[dict], 
             method = method_label(row)
             label = None if method in labelled else method
             labelled.add(method)
-            steps, loss = report.metric_series(run_dir, "loss")
+            steps, loss = common.metric_series(run_dir, "loss")
             ax.plot(steps * per_step, loss, color=colors[method], linewidth=0.8, alpha=0.5)
-            steps, ev = report.metric_series(run_dir, "eval_loss")
+            steps, ev = common.metric_series(run_dir, "eval_loss")
             ax.plot(steps * per_step, ev, marker="o", linestyle=styles[method], color=colors[method], markersize=3.5,
                     linewidth=1.6, label=label, zorder=3 if len(decayed_budgets(cfg)) > 1 else 2)
             if row["diverged"]:
-                ax.plot(steps[-1:] * per_step, ev[-1:], report.DIVERGED_MARKER, color=colors[method], markersize=10)
+                ax.plot(steps[-1:] * per_step, ev[-1:], common.DIVERGED_MARKER, color=colors[method], markersize=10)
         per_step = configs[0]["data.batch_size"] * configs[0]["data.seq_len"]
         for b in budgets if len(budgets) > 1 else []:
             ax.axvline(b * per_step, color="grey", linestyle="--", linewidth=0.8)
@@ -87,7 +87,7 @@ def plot_loss_over_tokens(workdir: Path, rows: list[dict], configs: list[dict], 
         ax.set_xlabel("tokens" + (" (dashed: budgets)" if len(budgets) > 1 else "") + (" (dotted: spike)" if spikes else ""))
         ax.set_ylabel("loss (thin: train, markers: eval)")
         ax.set_title(f"peak lr {lr:g}")
-        finite = [v for r, c in zip(rows, configs) if r["lr"] == lr for v in [report.trial_loss(r)] if math.isfinite(v)]
+        finite = [v for r, c in zip(rows, configs) if r["lr"] == lr for v in [common.trial_loss(r)] if math.isfinite(v)]
         if finite:  # the interesting range: from below the best final loss to well above the worst
             ax.set_ylim(min(finite) - 0.2, max(finite) + 1.5)
         ax.grid(True, alpha=0.3)
@@ -107,11 +107,11 @@ def budget_table(workdir: Path, rows: list[dict], configs: list[dict]) -> str:
         for b in decayed_budgets(cfg):
             cells[b] = eval_at(workdir / "trials" / row["id"], b)
     header = ["method", "lr", *(f"{b} steps" for b in budgets)]
-    body = [[m, f"{lr:g}", *(report._fmt(cells.get(b)) for b in budgets)] for (m, lr), cells in sorted(table.items())]
+    body = [[m, f"{lr:g}", *(common.fmt(cells.get(b)) for b in budgets)] for (m, lr), cells in sorted(table.items())]
     return (
         "\n## Eval loss at each budget\n\nThe eval loss of the model decayed for each budget: the final eval of a run "
         "with train.steps = B, or the eval at step B of a wsd_s / cyclic_cosine run whose cycle ends at B "
-        "(– : the method has no decayed model there).\n\n" + report._md_table(header, body)
+        "(– : the method has no decayed model there).\n\n" + common.md_table(header, body)
     )
 
 
@@ -119,7 +119,7 @@ def write_curves_report(workdir: Path, rows: list[dict], out: Path) -> str:
     """Writes out/loss_over_tokens.png when the sweep wants it (`wanted`); returns the summary.md section."""
     if not rows or not all((workdir / "trials" / r["id"] / "config.json").is_file() for r in rows):
         return ""  # results without their run directories (copied rows): nothing to plot from
-    configs = [report.run_config(workdir / "trials" / r["id"]) for r in rows]
+    configs = [common.run_config(workdir / "trials" / r["id"]) for r in rows]
     if not wanted(configs):
         return ""
     plot_loss_over_tokens(workdir, rows, configs, out / "loss_over_tokens.png")
