@@ -231,16 +231,29 @@ def load_trace(trace_dir: str) -> dict:
 
 
 def op_events(trace: dict, module: str) -> list[dict]:
-    """Complete events of HLO ops of `module`: those on a device's timeline when the trace has any, else the
-    host-thread thunks (the CPU backend). Each: {"hlo_op", "kernel", "dur_us"}."""
+    """Complete events of the ops of HLO module `module`, each {"hlo_op", "kernel", "dur_us"}.
+
+    With a device timeline (GPU): the kernels on its "Stream #…" threads (not the derived "XLA Ops" / "XLA
+    Modules" lines, which repeat the same time); a kernel without an `hlo_op` argument keeps its kernel name (it
+    is classified by that) and one of another module is dropped. Without one (the CPU backend): the host
+    threads' op thunks, which carry `hlo_op` and `hlo_module`.
+    """
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+    meta = [e for e in events if e.get("ph") == "M"]
+    device_pids = {e["pid"] for e in meta if e.get("name") == "process_name"
                    and "/device:" in str(e.get("args", {}).get("name", ""))}
-    ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})
-           and str(e["args"].get("hlo_module", "")).startswith(module)]
-    on_device = [e for e in ops if e.get("pid") in device_pids]
-    return [{"hlo_op": e["args"]["hlo_op"], "kernel": e.get("name", ""), "dur_us": float(e.get("dur", 0.0))}
-            for e in (on_device or ops)]
+    thread_names = {(e["pid"], e.get("tid")): str(e.get("args", {}).get("name", ""))
+                    for e in meta if e.get("name") == "thread_name"}
+    streams = {k for k, v in thread_names.items() if k[0] in device_pids and v.startswith("Stream")}
+    complete = [e for e in events if e.get("ph") == "X"]
+    if streams:
+        chosen = [e for e in complete if (e.get("pid"), e.get("tid")) in streams
+                  and str(e.get("args", {}).get("hlo_module", module)).startswith(module)]
+    else:
+        chosen = [e for e in complete if "hlo_op" in e.get("args", {})
+                  and str(e["args"].get("hlo_module", "")).startswith(module)]
+    return [{"hlo_op": e.get("args", {}).get("hlo_op", e.get("name", "")), "kernel": e.get("name", ""),
+             "dur_us": float(e.get("dur", 0.0))} for e in chosen]
 
 
 def summarise(events: list[dict], hlo: Hlo, steps: int, top: int = 25) -> dict:

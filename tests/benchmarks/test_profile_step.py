@@ -68,12 +68,14 @@ ENTRY %main.1 (a: f32[8], b: f32[8,8]) -> f32[8] {
 
 def trace(events):
     meta = [dict(ph="M", pid=1, name="process_name", args=dict(name="/host:CPU")),
-            dict(ph="M", pid=7, name="process_name", args=dict(name="/device:GPU:0"))]
+            dict(ph="M", pid=7, name="process_name", args=dict(name="/device:GPU:0")),
+            dict(ph="M", pid=7, tid=1, name="thread_name", args=dict(name="Stream #13(Compute)")),
+            dict(ph="M", pid=7, tid=2, name="thread_name", args=dict(name="XLA Ops"))]
     return {"traceEvents": meta + events}
 
 
-def ev(pid, hlo_op, dur, name=None, module="jit_train_step"):
-    return dict(ph="X", pid=pid, tid=1, ts=0, dur=dur, name=name or hlo_op, args=dict(hlo_op=hlo_op, hlo_module=module))
+def ev(pid, hlo_op, dur, name=None, module="jit_train_step", tid=1):
+    return dict(ph="X", pid=pid, tid=tid, ts=0, dur=dur, name=name or hlo_op, args=dict(hlo_op=hlo_op, hlo_module=module))
 
 
 def test_parse_hlo_follows_stack_frames_to_the_outermost_caller():
@@ -108,6 +110,7 @@ def test_summary_uses_device_events_and_its_categories_sum_to_the_total():
     events = [ev(7, "custom-call.2", 30.0, "nvjet_tst_128x256"), ev(7, "custom-call.2", 10.0, "nvjet_tst_128x256"),
               ev(7, "custom-call.1", 20.0), ev(7, "loop_multiply_fusion", 5.0), ev(7, "add.9", 15.0),
               ev(7, "command_buffer.4", 8.0, "sm90_gemm_relu"),  # not in the HLO text: by kernel name
+              ev(7, "custom-call.2", 40.0, tid=2),  # the derived "XLA Ops" line repeats the kernels: ignored
               ev(1, "custom-call.2", 999.0),  # the host-side launch of the same op: ignored
               ev(7, "fusion.1", 50.0, module="jit_init")]  # another module: ignored
     got = ps.op_events(trace(events), hlo.module)
@@ -120,7 +123,10 @@ def test_summary_uses_device_events_and_its_categories_sum_to_the_total():
     assert s["unmapped_fraction"] == pytest.approx(4 / 44)
     assert [r["hlo_op"] for r in s["top_ops"]] == ["custom-call.2", "custom-call.1", "add.9"]
     assert s["top_ops"][0]["calls_per_step"] == 1 and s["top_ops"][0]["kernel"] == "nvjet_tst_128x256"
-    # without device timelines (the CPU backend) the host events are the ops
+    # a stream kernel without hlo_op is kept under its kernel name; without device timelines (the CPU backend)
+    # the host events are the ops
+    bare = dict(ph="X", pid=7, tid=1, ts=0, dur=2.0, name="memcpy_d2d", args={})
+    assert ps.op_events(trace([bare]), hlo.module) == [dict(hlo_op="memcpy_d2d", kernel="memcpy_d2d", dur_us=2.0)]
     assert len(ps.op_events({"traceEvents": [ev(1, "add.9", 3.0)]}, hlo.module)) == 1
 
 
