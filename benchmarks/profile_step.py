@@ -42,13 +42,6 @@ from absl import flags  # noqa: E402
 
 from launch import cli, configs, mesh as mesh_lib, train  # noqa: E402
 
-flags.DEFINE_integer("steps", 5, "profiled steps")
-flags.DEFINE_integer("warmup", 2, "unprofiled steps first (compilation, autotuning)")
-flags.DEFINE_string("trace_dir", "", "where jax.profiler writes the trace (default: a temporary directory)")
-flags.DEFINE_string("out_json", "", "write the summary as JSON here")
-flags.DEFINE_string("out_md", "", "write the summary as markdown here")
-flags.DEFINE_integer("top", 25, "ops listed in the top-ops table")
-flags.DEFINE_string("label", "", "a name for this profile, stored in the summary")
 FLAGS = flags.FLAGS
 
 CATEGORIES = ("gemm", "attention", "elementwise", "head_loss", "optimizer", "other")
@@ -346,6 +339,17 @@ def profile(cfg, steps: int, warmup: int, trace_dir: str, top: int = 25) -> dict
     return summary
 
 
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (benchmarks.throughput defines --steps too)."""
+    flags.DEFINE_integer("steps", 5, "profiled steps")
+    flags.DEFINE_integer("warmup", 2, "unprofiled steps first (compilation, autotuning)")
+    flags.DEFINE_string("trace_dir", "", "where jax.profiler writes the trace (default: a temporary directory)")
+    flags.DEFINE_string("out_json", "", "write the summary as JSON here")
+    flags.DEFINE_string("out_md", "", "write the summary as markdown here")
+    flags.DEFINE_integer("top", 25, "ops listed in the top-ops table")
+    flags.DEFINE_string("label", "", "a name for this profile, stored in the summary")
+
+
 def main(argv) -> None:
     del argv
     cfg = FLAGS.config
@@ -363,4 +367,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, config="file")

@@ -28,19 +28,31 @@ PEERS = {  # size -> (nanodo tok/s, nanodo MFU, PyTorch tok/s, PyTorch MFU)
 }
 
 
+OLD_RULE = "†"  # MFU of the old rule: over 790 TFLOP/s with 6 N + 12 L H Dh T (rows without mfu_measured_peak)
+MFU_HEADER = "MFU (989 / 790 peak; † old rule)"
+
+
+def mfu_cell(r: dict) -> str:
+    """A row's MFU: datasheet / measured peak (benchmarks/flops.py), or the old-rule figure marked †."""
+    if "mfu_measured_peak" in r:
+        return f"{r['mfu']:.1%} / {r['mfu_measured_peak']:.1%}"
+    return f"{r['mfu']:.1%}{OLD_RULE}"
+
+
 def render(rows: list[dict]) -> str:
     lines = [
-        "| config | step ms | tokens/s | MFU | peak GiB | PyTorch tokens/s (MFU) | ours / PyTorch | nanodo tokens/s |",
+        f"| config | step ms | tokens/s | {MFU_HEADER} | peak GiB | PyTorch tokens/s (MFU{OLD_RULE}) | ours / PyTorch "
+        "| nanodo tokens/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = r["label"].split("/")[0]
         peer = PEERS.get(size)
-        torch = f"{peer[2] / 1e3:,.0f}k ({peer[3]:.0%})" if peer else "–"
+        torch = f"{peer[2] / 1e3:,.0f}k ({peer[3]:.0%}{OLD_RULE})" if peer else "–"
         ratio = f"{r['tokens_per_second'] / peer[2]:.2f}x" if peer else "–"
         nanodo = f"{peer[0] / 1e3:,.1f}k" if peer else "–"
         lines.append(
-            f"| `{r['label']}` | {r['step_ms']:.1f} | {r['tokens_per_second'] / 1e3:,.0f}k | {r['mfu']:.1%} | "
+            f"| `{r['label']}` | {r['step_ms']:.1f} | {r['tokens_per_second'] / 1e3:,.0f}k | {mfu_cell(r)} | "
             f"{r['peak_memory_gib']:.1f} | {torch} | {ratio} | {nanodo} |"
         )
     return "\n".join(lines)
@@ -50,13 +62,13 @@ def render_relative(rows: list[dict], reference: str) -> str:
     """Step times against the row labelled `reference` (e.g. every model variant against the baseline)."""
     ref = next(r for r in rows if r["label"] == reference)
     lines = [
-        f"| config | params | step ms | tokens/s | MFU | peak GiB | step time / `{reference}` |",
+        f"| config | params | step ms | tokens/s | {MFU_HEADER} | peak GiB | step time / `{reference}` |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['label']}` | {r['params'] / 1e6:.2f}M | {r['step_ms']:.2f} | {r['tokens_per_second'] / 1e3:,.0f}k | "
-            f"{r['mfu']:.1%} | {r['peak_memory_gib']:.1f} | {r['step_ms'] / ref['step_ms']:.3f} |"
+            f"{mfu_cell(r)} | {r['peak_memory_gib']:.1f} | {r['step_ms'] / ref['step_ms']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -163,7 +163,6 @@ def measure(torch, args, s: dict, device: str) -> tuple[list[float], float, floa
         step(batches[i % 4])
     sync()
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.steps)]
     t0 = time.perf_counter()
     step_s = []
