@@ -8,7 +8,10 @@ Rows keep the order of the files; a later row with the same label replaces an ea
 divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flash SDPA, fused AdamW) measured on
 the same H200 at the same shapes; with --relative_to it is the step time over that row's instead. Rows of
 benchmarks/sweep_executors.sh (they have an "executor" key) make the executor table: wall time of the same sweep
-with each executor, and batched / local.
+with each executor, and batched / local. Rows of benchmarks/side_by_side.py make the side-by-side table.
+
+MFU in PEERS and in rows written before benchmarks/flops.py is over the measured 790 TFLOP/s with PaLM's
+6 N + 12 L H Dh T count (the old rule, RESULTS.md "How MFU is computed"); newer rows' `mfu` is over 989.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import sys
 
 # DESIGN §7, measured on the same H200 (bf16, batch 256 x 512, vocab 32101, random tokens, full train step).
+# Their MFU is the old rule's (790 TFLOP/s, 6 N + 12 L H Dh T).
 PEERS = {  # size -> (nanodo tok/s, nanodo MFU, PyTorch tok/s, PyTorch MFU)
     "9.4m": (304e3, 0.063, 2.03e6, 0.42),
     "42m": (192e3, 0.105, 986e3, 0.54),
@@ -24,19 +28,31 @@ PEERS = {  # size -> (nanodo tok/s, nanodo MFU, PyTorch tok/s, PyTorch MFU)
 }
 
 
+OLD_RULE = "†"  # MFU of the old rule: over 790 TFLOP/s with 6 N + 12 L H Dh T (rows without mfu_measured_peak)
+MFU_HEADER = "MFU (989 / 790 peak; † old rule)"
+
+
+def mfu_cell(r: dict) -> str:
+    """A row's MFU: datasheet / measured peak (benchmarks/flops.py), or the old-rule figure marked †."""
+    if "mfu_measured_peak" in r:
+        return f"{r['mfu']:.1%} / {r['mfu_measured_peak']:.1%}"
+    return f"{r['mfu']:.1%}{OLD_RULE}"
+
+
 def render(rows: list[dict]) -> str:
     lines = [
-        "| config | step ms | tokens/s | MFU | peak GiB | PyTorch tokens/s (MFU) | ours / PyTorch | nanodo tokens/s |",
+        f"| config | step ms | tokens/s | {MFU_HEADER} | peak GiB | PyTorch tokens/s (MFU{OLD_RULE}) | ours / PyTorch "
+        "| nanodo tokens/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = r["label"].split("/")[0]
         peer = PEERS.get(size)
-        torch = f"{peer[2] / 1e3:,.0f}k ({peer[3]:.0%})" if peer else "–"
+        torch = f"{peer[2] / 1e3:,.0f}k ({peer[3]:.0%}{OLD_RULE})" if peer else "–"
         ratio = f"{r['tokens_per_second'] / peer[2]:.2f}x" if peer else "–"
         nanodo = f"{peer[0] / 1e3:,.1f}k" if peer else "–"
         lines.append(
-            f"| `{r['label']}` | {r['step_ms']:.1f} | {r['tokens_per_second'] / 1e3:,.0f}k | {r['mfu']:.1%} | "
+            f"| `{r['label']}` | {r['step_ms']:.1f} | {r['tokens_per_second'] / 1e3:,.0f}k | {mfu_cell(r)} | "
             f"{r['peak_memory_gib']:.1f} | {torch} | {ratio} | {nanodo} |"
         )
     return "\n".join(lines)
@@ -46,13 +62,13 @@ def render_relative(rows: list[dict], reference: str) -> str:
     """Step times against the row labelled `reference` (e.g. every model variant against the baseline)."""
     ref = next(r for r in rows if r["label"] == reference)
     lines = [
-        f"| config | params | step ms | tokens/s | MFU | peak GiB | step time / `{reference}` |",
+        f"| config | params | step ms | tokens/s | {MFU_HEADER} | peak GiB | step time / `{reference}` |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['label']}` | {r['params'] / 1e6:.2f}M | {r['step_ms']:.2f} | {r['tokens_per_second'] / 1e3:,.0f}k | "
-            f"{r['mfu']:.1%} | {r['peak_memory_gib']:.1f} | {r['step_ms'] / ref['step_ms']:.3f} |"
+            f"{mfu_cell(r)} | {r['peak_memory_gib']:.1f} | {r['step_ms'] / ref['step_ms']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -66,6 +82,29 @@ def render_executors(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_side_by_side(rows: list[dict]) -> str:
+    """benchmarks/side_by_side.py rows (they have a "side" key, or are ratio rows): per size PyTorch and our
+    tokens/s with MFU against the datasheet peak, and the ratio measured in the same call."""
+    def cell(r):
+        if r is None:
+            return "–"
+        if r.get("tokens_per_second"):
+            mfu = r.get("mfu_datasheet", r.get("mfu"))
+            gib = r.get("peak_memory_gib")
+            return f"{r['tokens_per_second'] / 1e3:,.0f}k ({mfu:.1%}" + (f", {gib:.0f} GiB)" if gib else ")")
+        return "OOM" if r.get("oom") else f"failed: {r.get('error', '?')}"
+
+    by_label = {r["label"]: r for r in rows}
+    lines = ["| size | PyTorch tokens/s (MFU, peak memory) | ours tokens/s (MFU, peak memory) | ours / PyTorch |",
+             "|---|---|---|---|"]
+    for r in rows:
+        if r["label"].startswith("ratio/"):
+            rest = r["label"][len("ratio/"):]
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "–"
+            lines.append(f"| {r['size']} | {cell(by_label.get('torch/' + rest))} | {cell(by_label.get('ours/' + rest))} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     reference = next((a.split("=", 1)[1] for a in argv if a.startswith("--relative_to=")), None)
     by_label: dict[str, dict] = {}
@@ -75,7 +114,9 @@ def main(argv: list[str]) -> None:
                 row = json.loads(line)
                 by_label[row["label"]] = row
     rows = list(by_label.values())
-    if all("executor" in r for r in rows):
+    if all("side" in r or r["label"].startswith("ratio/") for r in rows):
+        print(render_side_by_side(rows))
+    elif all("executor" in r for r in rows):
         print(render_executors(rows))
     else:
         print(render_relative(rows, reference) if reference else render(rows))

@@ -6,13 +6,13 @@ Times `launch.train`'s jitted train step (forward, backward, clipping, AdamW; do
 already live on the device, after `--warmup` untimed steps (compilation). Reports:
 
     tokens/s      batch_size * seq_len * steps / wall time (block_until_ready at both ends)
-    MFU           model FLOPs/s over the peak, with model FLOPs per token = 6 N + 12 L H Dh T   (PaLM, App. B)
-                  N = every parameter that takes part in a matmul: all non-embedding parameters plus the output
-                  head (V d, also when tied); the input-embedding lookup is not a matmul. The attention term
-                  counts the full T x T score and value matmuls (not halved for causality), as PaLM does.
+    mfu           model FLOPs/s over the datasheet peak (`--peak_tflops`, default 989: H200 dense bf16), with model
+                  FLOPs per token from benchmarks/flops.py: 6 N_matmul + 12 Σ_heads Dh T_eff per layer, T_eff the
+                  mean number of keys a query attends to ((T + 1) / 2 causal; a local head of window w: ≈ w)
+    mfu_measured_peak   the same over the measured bf16 GEMM peak (`--measured_peak_tflops`, default 790, DESIGN §7)
     peak memory   the device allocator's high-water mark, where the backend reports it
 
-`--peak_tflops` defaults to 790, the bf16 dense matmul rate measured on our H200 (DESIGN §7).
+Rows written before this rule (RESULTS.md says which) have `mfu` over 790 TFLOP/s with 6 N + 12 L H Dh T.
 """
 
 from __future__ import annotations
@@ -24,29 +24,36 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
+from benchmarks import flops
 from launch import cli, configs, mesh as mesh_lib, train
 from models import transformer
 
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps before timing (compilation, autotuning)")
-flags.DEFINE_float("peak_tflops", 790.0, "peak bf16 TFLOP/s of the device for MFU")
+flags.DEFINE_float("peak_tflops", flops.DATASHEET_PEAK_TFLOPS, "datasheet peak TFLOP/s per device: the headline `mfu`")
+flags.DEFINE_float("measured_peak_tflops", flops.MEASURED_PEAK_TFLOPS, "measured GEMM peak TFLOP/s: `mfu_measured_peak`")
 flags.DEFINE_string("out", "", "append the result as one JSON line to this file")
 flags.DEFINE_string("label", "", "a name for this measurement, stored in the result")
 FLAGS = flags.FLAGS
 
 
 def model_flops_per_token(cfg, n_matmul_params: int) -> float:
+    """benchmarks/flops.py's training FLOPs per token for `cfg` (attention=ls local heads cost their window)."""
     head_dim, _ = transformer.dims(cfg.model)
-    return 6.0 * n_matmul_params + 12.0 * cfg.model.n_layers * cfg.model.n_heads * head_dim * cfg.data.seq_len
+    return flops.model_flops_per_token(
+        n_matmul_params, n_layers=cfg.model.n_layers, head_dim=head_dim, seq_len=cfg.data.seq_len,
+        windows=flops.head_windows(cfg.model),
+    )
 
 
 def matmul_params(cfg, params) -> int:
-    embed = int(params["embed"]["embedding"].size)
-    tied_head = embed if cfg.model.tie_embeddings else 0
-    return transformer.count_params(params) - embed + tied_head
+    """N_matmul: every kernel of >= 2 axes except the embedding table, plus V·d when the head is tied to it."""
+    embed = params["embed"]["embedding"]
+    others = [x.shape for x in jax.tree.leaves(params) if x is not embed]
+    return flops.matmul_params(others, tied_head_size=int(embed.size) if cfg.model.tie_embeddings else 0)
 
 
-def benchmark(cfg, steps: int, warmup: int, peak_tflops: float) -> dict:
+def benchmark(cfg, steps: int, warmup: int, peak_tflops: float, measured_peak_tflops: float) -> dict:
     mesh = mesh_lib.make_mesh(cfg.mesh)
     prog = train.build_program(cfg, mesh)
     init, step_fn, _, _ = train.jit_program(prog)
@@ -82,8 +89,12 @@ def benchmark(cfg, steps: int, warmup: int, peak_tflops: float) -> dict:
         seq_len=cfg.data.seq_len,
         step_ms=1e3 * seconds / steps,
         tokens_per_second=tokens_per_s,
+        flops_per_token=flops_per_token,
         model_tflops_per_second=tokens_per_s * flops_per_token / 1e12,
-        mfu=tokens_per_s * flops_per_token / (peak_tflops * 1e12 * jax.device_count()),
+        mfu=flops.mfu(tokens_per_s, flops_per_token, peak_tflops, jax.device_count()),
+        mfu_measured_peak=flops.mfu(tokens_per_s, flops_per_token, measured_peak_tflops, jax.device_count()),
+        peak_tflops=peak_tflops,
+        measured_peak_tflops=measured_peak_tflops,
         peak_memory_gib=stats.get("peak_bytes_in_use", 0) / 2**30,
         warmup_seconds=compile_s,
         final_loss=float(m["loss"]),
@@ -94,7 +105,7 @@ def main(argv) -> None:
     del argv
     cfg = FLAGS.config
     configs.validate(cfg, n_devices=jax.device_count())
-    result = dict(label=FLAGS.label, **benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops))
+    result = dict(label=FLAGS.label, **benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops, FLAGS.measured_peak_tflops))
     line = json.dumps(result)
     print(line, flush=True)
     if FLAGS.out:

@@ -1,0 +1,1 @@
+"""Reference implementations of other frameworks, benchmarked against proxylab (benchmarks/side_by_side.py)."""
