@@ -250,12 +250,12 @@ def apply_meta_grads(rest, rest_grads):
 
 
 def metrics(model: nnx.Module) -> dict:
-    """Per quantized tensor (x, w, grad of every FP8 linear, keyed by module path): the newest amax (as of the last
-    step written into the state) and the scale that step used (DESIGN §5 "FP8 amax and scale")."""
+    """Per quantized tensor (x, w, grad of every FP8 linear, keyed by the linear's module path, e.g.
+    `fp8_amax/blocks/0/mlp/w3/x`): the newest amax in the state and the scale its step used (DESIGN §5)."""
     out = {}
     for path, module in nnx.iter_graph(model):
         if isinstance(module, FP8Dot):
-            name = "/".join(map(str, path))
+            name = "/".join(map(str, path[:-1]))  # the Linear holding this FP8Dot as its `fp8` attribute
             for t in ("x", "w", "grad"):
                 out[f"fp8_amax/{name}/{t}"] = getattr(module, f"{t}_amax_history")[...][0]
                 out[f"fp8_scale/{name}/{t}"] = getattr(module, f"{t}_scale")[...]

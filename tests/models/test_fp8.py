@@ -184,6 +184,9 @@ def test_train_step_updates_fp8_state_and_tracks_float32():
         hist = np.asarray(m[f"{t}_amax_history"])
         assert (hist > 0).all(), (t, hist)  # 15 steps filled the 4-step history
         assert float(m[f"{t}_scale"]) == 2.0 ** np.floor(np.log2((448.0 if t != "grad" else 57344.0) / hist[1:].max()))
+    diag = fp8.metrics(nnx.merge(graphdef, state["params"], state["rest"]))
+    assert float(diag["fp8_amax/blocks/0/mlp/w2/grad"]) == m["grad_amax_history"][0]
+    assert len(diag) == 2 * 3 * (2 * 7 + 1)  # amax and scale of x, w, grad for 7 linears per block and the head
 
 
 def test_vmapped_step_over_members_equals_per_member_steps():
