@@ -197,9 +197,9 @@ def _fp8_dot_bwd(r, n_in, in_dtype, out_dtype, res, g):
     g_scale, new_history = next_scale(g, grad_history, grad_scale, r.e5m2, r)
     qg = quantize(g, g_scale, r.e5m2, r.saturate)
     dims = _dims(qx.ndim, n_in)
-    f32 = jnp.float32
-    dx = fp8_ops.dot_general_transpose_lhs(qg, qx, qw, dimension_numbers=dims, precision=None, preferred_element_type=f32)
-    dw = fp8_ops.dot_general_transpose_rhs(qg, qx, qw, dimension_numbers=dims, precision=None, preferred_element_type=f32)
+    kw = dict(dimension_numbers=dims, precision=None, preferred_element_type=jnp.float32)
+    dx = fp8_ops.dot_general_transpose_lhs(qg, qx, qw, **kw)  # G . Q4(W)ᵀ, E5M2 x E4M3
+    dw = fp8_ops.dot_general_transpose_rhs(qg, qx, qw, **kw)  # Q4(x)ᵀ . G
     dx = (dx * (1.0 / (g_scale * w_scale))).astype(in_dtype)
     dw = (dw * (1.0 / (g_scale * x_scale))).astype(in_dtype)
     return dx, dw, jnp.zeros_like(x_scale), jnp.zeros_like(w_scale), new_history, g_scale

@@ -2,8 +2,8 @@
 
   gelu           x -> GELU(x W1) W2, hidden width 4d (Wortsman et al. 2023).
   swiglu         x -> ((x W1) * Swish(x W2)) W3 (Shazeer 2020), hidden width `swiglu_width`.
-  smooth_swiglu  SwiGLU whose down-projection input is rescaled before it is quantised and unscaled after
-                 (Fishman et al. 2024, "Scaling FP8 training to trillion-token LLMs", ICLR 2025; spec model-variants §5(a)).
+  smooth_swiglu  SwiGLU whose down-projection input is rescaled before it is quantised and unscaled after (Fishman
+                 et al. 2024, "Scaling FP8 training to trillion-token LLMs", ICLR 2025; spec model-variants §5(a)).
 
 Notation follows the paper (spec §5(a)): W1 the linear branch, W2 the Swish gate, W3 the output projection. All
 linears are `layers.make_linear` layers of FP8 group "mlp", so `model.fp8` quantises them and σReparam wraps them.
@@ -71,8 +71,8 @@ _TINY = 1e-12  # floor of the absmax a smoothing scale divides by (an all-zero c
 
 
 class SmoothSwiGLU(SwiGLU):
-    """Smooth-SwiGLU (Fishman et al. 2024, the Smooth-SwiGLU equation; spec §5(a), formula [S]): the same parameters and, in exact
-    arithmetic, the same function as SwiGLU; only what the FP8 down projection quantises changes.
+    """Smooth-SwiGLU (Fishman et al. 2024, the Smooth-SwiGLU equation; spec §5(a), formula [S]): the same parameters
+    and, in exact arithmetic, the same function as SwiGLU; only what the FP8 down projection quantises changes.
 
     mode "channel" (the paper): s_i = 1 / max_{b,t} |h_{b,t,i}| per hidden channel i [D: s_i = 1/absmax], and
         y = Q(h diag(s)) · Q(diag(s)^-1 W3), the inverse scale folded into W3's input rows before W3 is quantised.
