@@ -126,3 +126,18 @@ def make_mlp(cfg, *, d_model: int, d_ff: int, rngs: nnx.Rngs) -> nnx.Module:
     if cfg.mlp not in MLPS:
         raise ValueError(f"model.mlp={cfg.mlp!r} is unknown; choose one of {sorted(MLPS)}")
     return MLPS[cfg.mlp].module(cfg, d_model=d_model, d_ff=d_ff, rngs=rngs)
+
+
+def swiglu_alignment_metrics(model: nnx.Module) -> dict:
+    """Per SwiGLU layer (keyed by module path): the max and the 99.9th percentile over hidden channels i of
+    |cos(w1_i, w2_i)|, the alignment of the linear-branch and gate weight vectors that Fishman et al. 2024 identify as
+    the source of the quadratic outliers entering W3 (spec §5(a), §5(d) mechanism check). float32."""
+    out = {}
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, SwiGLU):
+            w1, w2 = (m.weight().astype(jnp.float32) for m in (module.w1, module.w2))  # [d, F]: column i = w_i
+            cos_F = (w1 * w2).sum(0) / jnp.maximum(jnp.linalg.norm(w1, axis=0) * jnp.linalg.norm(w2, axis=0), 1e-30)
+            name = "/".join(map(str, path))
+            out[f"swiglu_cos_absmax/{name}"] = jnp.abs(cos_F).max()
+            out[f"swiglu_cos_abs_p999/{name}"] = jnp.quantile(jnp.abs(cos_F), 0.999)
+    return out

@@ -72,3 +72,15 @@ def test_smooth_swiglu_channel_normalises_the_down_projection_input_under_fp8():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="model.smooth_swiglu.mode"):
         build("smooth_swiglu", mode="tensor")
+
+
+def test_swiglu_alignment_metrics_against_numpy():
+    m = build("smooth_swiglu")
+    w1 = np.asarray(m.w1.kernel[...], np.float64)
+    m.w2.kernel[...] = m.w2.kernel[...].at[:, 3].set(-2.0 * m.w1.kernel[...][:, 3])  # channel 3 anti-aligned
+    w2 = np.asarray(m.w2.kernel[...], np.float64)
+    cos = np.abs((w1 * w2).sum(0) / (np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=0)))
+    got = mlp.swiglu_alignment_metrics(nnx.Dict(mlp=m))
+    assert float(got["swiglu_cos_absmax/mlp"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(got["swiglu_cos_abs_p999/mlp"]) == pytest.approx(np.quantile(cos, 0.999), rel=1e-5)
+    assert np.sort(cos)[-2] < 0.9  # the others are not aligned at init (so the max is channel 3's)
