@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.n_layers = 2  # number of pre-LN blocks L
     m.n_heads = 2  # attention heads H
     m.head_dim = 0  # per-head width Dh; 0 means d_model // n_heads
-    m.d_ff = 0  # MLP hidden width; 0 means 4 * d_model
+    m.d_ff = 0  # MLP hidden width; 0 means the model.mlp rule: gelu 4 * d_model, swiglu/smooth_swiglu swiglu_width
     m.attention = "softmax"  # attention registry key (models/attention.py ATTENTIONS): softmax | ls | softplus | mlra
     m.attention_impl = "auto"  # kernel for softmax/ls attention: auto (cudnn on GPU with bf16/fp16, else xla) | xla | cudnn
     m.qk_norm = False  # per-head LayerNorm on queries and keys before RoPE (Wortsman et al. §3.1)
@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.sigma_reparam_gamma_init = "sigma0"  # γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)
     m.sigma_reparam_head = False  # also reparametrise the output head (with sigma_reparam, untied head only) [D: off]
     m.embed_scale = "none"  # embedding output (Spike No More, spec §7): none | scaled (x sqrt(d)) | layernorm
-    m.mlp = "gelu"  # MLP registry key (models/mlp.py): gelu
+    m.mlp = "gelu"  # MLP registry key (models/mlp.py): gelu | swiglu | smooth_swiglu (Fishman et al. 2024; spec §5)
     m.norm = "layernorm"  # normalisation registry key (models/layers.py): layernorm | rmsnorm; no biases either way
     m.norm_eps = 1e-6  # epsilon of every norm (Flax default, as in the paper)
     m.rope_base = 10000.0  # RoPE wavelength base (rotate-half convention)
@@ -85,6 +85,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.
     #                             bfloat16 halves the traffic of the largest tensor [B, T, V] at ~3 digits of logit precision
     m.remat = False  # rematerialise each block in the backward pass (trade compute for activation memory)
+
+    # SwiGLU / Smooth-SwiGLU and FP8 linears (Fishman et al. 2024; spec model-variants §5; models/mlp.py, models/fp8.py)
+    m.swiglu_multiple_of = 256  # swiglu width for d_ff=0: 8d/3 rounded up to this multiple (Llama; 11008 at d=4096)
+    m.smooth_swiglu = ml_collections.ConfigDict()  # mlp=smooth_swiglu: the down-projection input's smoothing scale
+    m.smooth_swiglu.mode = "channel"  # channel: s_i = 1/absmax per hidden channel, folded into W3 (the paper) |
+    #                                   token: s_t = max_i |lin_t,i| per token, undone after W3 (the official code)
+    m.fp8 = ml_collections.ConfigDict()  # FP8 matmuls: E4M3 x and W forward, E5M2 gradients backward (models/fp8.py)
+    m.fp8.enabled = False  # True turns FP8 on for the layer groups in fp8.targets (the one switch)
+    m.fp8.targets = "mlp,attn"  # comma-separated subset of mlp | attn (q, k, v, o) | head (official code: mlp,attn)
+    m.fp8.scaling = "delayed"  # per-tensor scale from: delayed (max of the amax history) | current (this tensor's amax)
+    m.fp8.amax_history = 1  # delayed: steps of amax history (official code: one global batch = the previous step)
+    m.fp8.margin = 0.0  # scale = fmax / amax / 2^margin
+    m.fp8.pow2_scale = True  # round each scale down to a power of two (official code), so scaling itself is exact
+    m.fp8.e4m3_max = 448.0  # E4M3 clip bound and fmax: 448 (OCP e4m3fn, H100/H200) | 240 (Gaudi2, the paper's runs)
+    m.fp8.saturate = True  # clip to ±fmax before the cast; False: overflow gives NaN (E4M3) / inf (E5M2)
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     c.loss = ml_collections.ConfigDict()

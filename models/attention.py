@@ -276,7 +276,7 @@ def dense_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs)
     """A full-rank q/k/v projection [d, H, Dh] (σReparam-wrapped when model.sigma_reparam)."""
     init = layers.get_init(cfg).kernel(d_model)
     axes = ("embed", "heads", "head_dim")
-    return layers.make_linear(cfg, (d_model,), (n_heads, head_dim), axes, init=init, rngs=rngs)
+    return layers.make_linear(cfg, (d_model,), (n_heads, head_dim), axes, init=init, rngs=rngs, fp8_target="attn")
 
 
 def low_rank_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -341,7 +341,7 @@ class Attention(nnx.Module):
         self.q, self.k, self.v = (variant.qkv(cfg, **shape) for _ in range(3))
         self.o = layers.make_linear(
             cfg, (n_heads, head_dim), (d_model,), ("heads", "head_dim", "embed"),
-            init=layers.get_init(cfg).out_kernel(n_heads * head_dim), rngs=rngs,
+            init=layers.get_init(cfg).out_kernel(n_heads * head_dim), rngs=rngs, fp8_target="attn",
         )
         # Per-head qk-layernorm: one LayerNorm over Dh whose scale (Dh entries) is shared across heads; q and k
         # get separate norms [D]. Order: LN, then RoPE, then the dot product [D] (spec §6(a)).

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import fp8
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -121,7 +123,8 @@ class Linear(nnx.Module):
 
     The kernel has shape in_shape + out_shape, e.g. [d, H, Dh] for a query projection, so heads stay explicit and
     shardable. Matmuls run in `dtype` with float32 accumulation; the kernel is stored in `param_dtype`. With a
-    float32 `out_dtype` and a lower-precision `dtype` (the output head) the backward stays in `dtype`.
+    float32 `out_dtype` and a lower-precision `dtype` (the output head) the backward stays in `dtype`. With an FP8
+    `fp8_recipe` the matmul is `models/fp8.py`'s E4M3/E5M2 dot, whose scaling state this layer holds.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Linear(nnx.Module):
         param_dtype: jnp.dtype,
         rngs: nnx.Rngs,
         out_dtype: jnp.dtype | None = None,
+        fp8_recipe: fp8.Recipe | None = None,
     ):
         shape = (*in_shape, *out_shape)
         assert len(axes) == len(shape), (axes, shape)
@@ -142,13 +146,21 @@ class Linear(nnx.Module):
         self.n_in = len(in_shape)
         self.dtype = dtype
         self.out_dtype = out_dtype or dtype
+        self.fp8 = nnx.data(None if fp8_recipe is None else fp8.FP8Dot(fp8_recipe))
 
     def weight(self) -> jax.Array:
         """The kernel the matmul uses (`SigmaReparamLinear` reparametrises it)."""
         return self.kernel[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, w = x.astype(self.dtype), self.weight().astype(self.dtype)
+        return self.apply(x, self.weight())
+
+    def apply(self, x: jax.Array, w: jax.Array) -> jax.Array:
+        """x . w with this layer's dtypes and matmul (FP8 or not), for a kernel `w` of the layer's shape (Smooth-SwiGLU
+        passes a rescaled one)."""
+        x, w = x.astype(self.dtype), w.astype(self.dtype)
+        if self.fp8 is not None:
+            return self.fp8(x, w, self.n_in, self.out_dtype)
         if self.out_dtype == jnp.float32 and self.dtype != jnp.float32:
             return dot_wide_out(x, w, self.n_in)
         return _dot(x, w, self.n_in, self.out_dtype)
@@ -215,10 +227,12 @@ class SigmaReparamLinear(Linear):
 
 
 def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.Rngs, reparam: bool | None = None,
-                out_dtype=None) -> Linear:
-    """A linear map of the model: `SigmaReparamLinear` if `reparam` (default: `model.sigma_reparam`), else `Linear`."""
+                out_dtype=None, fp8_target: str | None = None) -> Linear:
+    """A linear map of the model: `SigmaReparamLinear` if `reparam` (default: `model.sigma_reparam`), else `Linear`;
+    its matmul is FP8 when `fp8_target` ("mlp" | "attn" | "head") is among `model.fp8.targets` (FP8 on)."""
     kwargs = dict(
-        init=init, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs, out_dtype=out_dtype
+        init=init, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs, out_dtype=out_dtype,
+        fp8_recipe=fp8.recipe_for(cfg, fp8_target),
     )
     if cfg.sigma_reparam if reparam is None else reparam:
         return SigmaReparamLinear(in_shape, out_shape, axes, gamma_init=cfg.sigma_reparam_gamma_init, **kwargs)

@@ -3,7 +3,8 @@
 Pre-LN, no biases, RoPE, untied embedding/head by default, 4d GELU MLP, attention scale 1/sqrt(Dh), optional
 per-head qk-layernorm. The stability variants plug in by config: `model.attention` (models/attention.py),
 `model.sigma_reparam` (every block linear, and the head with `model.sigma_reparam_head`), `model.embed_scale` and
-`model.init` (models/layers.py); with all of them off the model is the baseline, op for op. Matmuls in
+`model.init` (models/layers.py), `model.mlp` (gelu | swiglu | smooth_swiglu, models/mlp.py) and `model.fp8`
+(models/fp8.py); with all of them off the model is the baseline, op for op. Matmuls in
 `model.dtype`; norms, softmax and logsumexp in float32; logits in `model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
@@ -15,13 +16,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import attention, layers, mlp
+from models import attention, fp8, layers, mlp
 
 
 def dims(cfg) -> tuple[int, int]:
-    """(head_dim, d_ff) with the config's 0 = default rule applied."""
+    """(head_dim, d_ff) with the config's 0 = default rules applied (d_ff: the `model.mlp` entry's width rule)."""
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
-    return head_dim, cfg.d_ff or 4 * cfg.d_model
+    return head_dim, mlp.hidden_width(cfg)
 
 
 class Block(nnx.Module):
@@ -42,6 +43,7 @@ class Block(nnx.Module):
 
 class Transformer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
+        fp8.validate(cfg)
         init = layers.get_init(cfg)
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.embed = layers.Embed(cfg.vocab_size, cfg.d_model, init=init.embed, dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -54,6 +56,7 @@ class Transformer(nnx.Module):
             else layers.make_linear(
                 cfg, (cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), init=init.kernel(cfg.d_model), rngs=rngs,
                 reparam=cfg.sigma_reparam and cfg.sigma_reparam_head, out_dtype=jnp.dtype(cfg.logits_dtype),
+                fp8_target="head",
             )
         )
         self.remat = cfg.remat
