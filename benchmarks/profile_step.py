@@ -40,7 +40,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
-from launch import cli, configs, mesh as mesh_lib, train  # noqa: E402
+from benchmarks import throughput  # noqa: E402
+from launch import cli, configs  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -302,22 +303,12 @@ def render_markdown(summary: dict) -> str:
 
 # ---- running it --------------------------------------------------------------------------------------------
 
-def compiled_step(cfg):
-    """(compiled step, state, hparams, batches): the train step as benchmarks/throughput.py builds it (launch.train's
-    program, donated state, random tokens on the device), compiled once ahead of time so that the HLO text is
-    that of the executable that runs."""
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    prog = train.build_program(cfg, mesh)
-    init, step_fn, _, _ = train.jit_program(prog)
-    state = init()
-    hparams = train.hparams_array(cfg)
-    batch_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec())
-    shape = (cfg.data.batch_size, cfg.data.seq_len + 1)
-    batches = [
-        jax.device_put(jax.random.randint(jax.random.key(i), shape, 0, cfg.model.vocab_size, jnp.int32), batch_sharding)
-        for i in range(4)
-    ]
-    return step_fn.lower(state, batches[0], hparams).compile(), state, hparams, batches
+def compiled_step(cfg, members: int = 1):
+    """(compiled step, state, hparams, batches): the train step as benchmarks/throughput.py builds it (the loop's
+    program over `members` members, donated state, random tokens on the device), compiled once ahead of time so
+    that the HLO text is that of the executable that runs."""
+    group, state, hparams, batches = throughput.step_setup(cfg, members)
+    return group.step.lower(state, batches[0], hparams).compile(), state, hparams, batches
 
 
 def profile(cfg, steps: int, warmup: int, trace_dir: str, top: int = 25) -> dict:

@@ -21,11 +21,12 @@ import json
 import time
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from absl import flags
 
 from benchmarks import flops
-from launch import cli, configs, mesh as mesh_lib, train
+from launch import cli, configs, mesh as mesh_lib, step as step_lib
 from models import transformer
 
 flags.DEFINE_integer("steps", 20, "timed steps")
@@ -53,18 +54,25 @@ def matmul_params(cfg, params) -> int:
     return flops.matmul_params(others, tied_head_size=int(embed.size) if cfg.model.tie_embeddings else 0)
 
 
-def benchmark(cfg, steps: int, warmup: int, peak_tflops: float, measured_peak_tflops: float) -> dict:
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    prog = train.build_program(cfg, mesh)
-    init, step_fn, _, _ = train.jit_program(prog)
-    state = init()
-    hparams = train.hparams_array(cfg)
-    batch_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec())
+def step_setup(cfg, members: int = 1):
+    """(group, states, hparams, batches): the loop's compiled train step over `members` members sharing the batch
+    (launch/step.py; members = 1 is a single run), initialised states and 4 batches of random tokens on the device."""
+    group = step_lib.compile_group(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), members)
+    states = group.init(jax.device_put(np.zeros(members, np.int32), group.member_sharding))
+    hparams = step_lib.stacked_hparams(group, [cfg] * members)
     shape = (cfg.data.batch_size, cfg.data.seq_len + 1)
     batches = [
-        jax.device_put(jax.random.randint(jax.random.key(i), shape, 0, cfg.model.vocab_size, jnp.int32), batch_sharding)
+        jax.device_put(jax.random.randint(jax.random.key(i), shape, 0, cfg.model.vocab_size, jnp.int32),
+                       group.batch_sharding)
         for i in range(4)
     ]
+    return group, states, hparams, batches
+
+
+def benchmark(cfg, steps: int, warmup: int, peak_tflops: float, measured_peak_tflops: float, members: int = 1) -> dict:
+    """Times the train step; with members > 1, the batched step of a group (tokens count every member's)."""
+    group, state, hparams, batches = step_setup(cfg, members)
+    step_fn = group.step
     t0 = time.perf_counter()
     for i in range(warmup):
         state, m = step_fn(state, batches[i % 4], hparams)
@@ -76,14 +84,16 @@ def benchmark(cfg, steps: int, warmup: int, peak_tflops: float, measured_peak_tf
     jax.block_until_ready((state, m))
     seconds = time.perf_counter() - t0
 
-    n_matmul = matmul_params(cfg, state["params"])
-    tokens_per_s = cfg.data.batch_size * cfg.data.seq_len * steps / seconds
+    params = jax.tree.map(lambda x: x[0], state["params"])
+    n_matmul = matmul_params(cfg, params)
+    tokens_per_s = members * cfg.data.batch_size * cfg.data.seq_len * steps / seconds
     flops_per_token = model_flops_per_token(cfg, n_matmul)
     stats = jax.devices()[0].memory_stats() or {}
     return dict(
         device=jax.devices()[0].device_kind,
         n_devices=jax.device_count(),
-        params=transformer.count_params(state["params"]),
+        params=transformer.count_params(params),
+        members=members,
         matmul_params=n_matmul,
         batch_size=cfg.data.batch_size,
         seq_len=cfg.data.seq_len,
