@@ -164,6 +164,13 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     Stage 1 (Gao & Spratling, eq. 4 [S]): q, k L2-normalised; A = softplus(log(Dh)·log(N) · q kᵀ) ⊙ M' with
     N_ij = i (1-based query position) and M' the 0/1 causal mask; rows l1-normalised. Stage 2 (eq. 5 [S], `reweight`):
     A = ReLU(A ⊙ N − O)^p, rows l1-normalised again, O = 1 except rows 1..3 = 0. float32 throughout (x^15).
+
+    Overflow (issue 10): r = ReLU(A ⊙ N − O) reaches i − 1 at query position i, and r^15 exceeds float32's max once
+    r > ~370, so the spec's pseudocode (§4(a)) gives inf/inf = NaN on sharp rows (forward and backward) at the
+    lengths LSSAR is evaluated at. We compute the same function as r^p / (Σ_j r^p + eps) in the form
+    u^p / (Σ_j u^p + eps·m^-p) with u = r/m and m the row max of r: every u^p <= 1, and eps·m^-p is 0 (m large)
+    or inf (m tiny: the row is then 0, as r^p/eps already is to below 1e-30). The identity holds for any m > 0,
+    so m is held constant (stop_gradient) and the gradient is exact too. A row with m = 0 stays the zero row.
     Returns (stage-1 pre-activations s [B, H, Q, T], weights [B, H, Q, T]); entries above the diagonal are 0.
     """
     Dh, T = q_BxQxHxK.shape[-1], k_BxTxHxK.shape[1]
@@ -176,8 +183,11 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     a = a / (a.sum(-1, keepdims=True) + eps)
     if reweight:
         offset_Qx1 = jnp.where(n_Qx1 > LSSAR_OFFSET_FREE_ROWS, 1.0, 0.0)
-        a = jnp.maximum(a * n_Qx1 - offset_Qx1, 0.0) ** power
-        a = a / (a.sum(-1, keepdims=True) + eps)
+        r = jnp.maximum(a * n_Qx1 - offset_Qx1, 0.0)
+        m = jax.lax.stop_gradient(jnp.max(r, axis=-1, keepdims=True))
+        m = jnp.where(m > 0.0, m, 1.0)
+        u = (r / m) ** power
+        a = u / (u.sum(-1, keepdims=True) + eps * m ** (-power))
     return s, a
 
 

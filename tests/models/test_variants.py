@@ -21,7 +21,7 @@ from experiments import base
 from launch import configs, mesh as mesh_lib, train
 from models import attention, layers, transformer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def model_cfg(**overrides):
