@@ -257,13 +257,17 @@ class LowRankProjection(nnx.Module):
       per head (default [D]):  W_h = A_h B_h,  A: [d, H, r],  B: [H, r, Dh]      (H·r·(d + Dh) parameters)
       shared latent:           W = A B,        A: [d, r],     B: [r, H, Dh]      (r·(d + H·Dh) parameters)
 
-    Both factors are drawn from N(0, init_std²), init_std = 0.02 as in GPT-2 [R], whatever `model.init` says, so at
-    init Var(q) = d·r·0.02⁴·Var(x): r·0.02² times that of a single N(0, 0.02²) matrix (spec §2(a), check 2).
+    Init (`init`): both factors are drawn from the initializer that `model.init` gives the dense q/k/v kernel they
+    replace. The paper trains GPT-2, whose every weight is N(0, 0.02²), factors included [R] (spec §2(a)); so under
+    `model.init=gpt2` both are N(0, 0.02²), Var(q) = d·r·0.02⁴·Var(x), and std(q_MLRA)/std(q_dense) = sqrt(r)·0.02
+    exactly as in the paper (spec §2(e) check 2). Under another `model.init` this keeps the paper's rule (factors
+    initialised like every other weight) [D]; before issue 10 the factors were N(0, 0.02²) under the base `fan_in`
+    init, which put q_MLRA ~16x below the dense query at GPT-2-small width (sqrt(r·d)·0.02² = 0.063 vs 1), where
+    the paper has 0.113. `model.mlra.init_std` > 0 overrides both with N(0, init_std²).
     """
 
-    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rank: int, shared_latent: bool, init_std: float,
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rank: int, shared_latent: bool, init,
                  dtype, param_dtype, rngs: nnx.Rngs):
-        init = jax.nn.initializers.normal(init_std)
         if shared_latent:
             a_shape, a_axes = (d_model, rank), ("embed", None)
             b_shape, b_axes = (rank, n_heads, head_dim), (None, "heads", "head_dim")
@@ -296,8 +300,11 @@ def low_rank_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rn
     rank = cfg.mlra.rank or head_dim // 2
     if rank < 1:
         raise ValueError(f"model.mlra.rank={cfg.mlra.rank} must be >= 0 (0 means head_dim // 2)")
+    if cfg.mlra.init_std < 0:
+        raise ValueError(f"model.mlra.init_std={cfg.mlra.init_std} must be >= 0 (0 means model.init's q/k/v kernel)")
+    init = jax.nn.initializers.normal(cfg.mlra.init_std) if cfg.mlra.init_std else layers.get_init(cfg).kernel(d_model)
     return LowRankProjection(
-        d_model, n_heads, head_dim, rank=rank, shared_latent=cfg.mlra.shared_latent, init_std=cfg.mlra.init_std,
+        d_model, n_heads, head_dim, rank=rank, shared_latent=cfg.mlra.shared_latent, init=init,
         dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
     )
 

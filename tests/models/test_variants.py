@@ -383,8 +383,8 @@ def test_sigma_reparam_gamma_is_a_scalar_param_without_weight_decay():
 def test_mlra_parameter_count_and_reference(shared):
     D, H, Dh, r = 48, 4, 12, 5
     proj = attention.LowRankProjection(
-        D, H, Dh, rank=r, shared_latent=shared, init_std=0.02, dtype=jnp.float32, param_dtype=jnp.float32,
-        rngs=nnx.Rngs(0),
+        D, H, Dh, rank=r, shared_latent=shared, init=jax.nn.initializers.normal(0.02), dtype=jnp.float32,
+        param_dtype=jnp.float32, rngs=nnx.Rngs(0),
     )
     n = transformer.count_params(nnx.state(proj, nnx.Param))
     assert n == (r * (D + H * Dh) if shared else H * r * (D + Dh))
@@ -406,8 +406,8 @@ def test_mlra_init_variance_ratio():
     """Spec §2(e)2: std(q_MLRA) / std(q with one N(0, 0.02²) matrix) ≈ sqrt(r)·0.02 on LN-normalised inputs."""
     D, H, Dh, r = 256, 4, 64, 32
     proj = attention.LowRankProjection(
-        D, H, Dh, rank=r, shared_latent=False, init_std=0.02, dtype=jnp.float32, param_dtype=jnp.float32,
-        rngs=nnx.Rngs(1),
+        D, H, Dh, rank=r, shared_latent=False, init=jax.nn.initializers.normal(0.02), dtype=jnp.float32,
+        param_dtype=jnp.float32, rngs=nnx.Rngs(1),
     )
     x = jax.random.normal(jax.random.key(2), (8, 256, D))
     x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
