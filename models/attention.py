@@ -11,12 +11,13 @@ the q/k/v projections are built. A variant is one kernel class (or projection) p
             (Gao & Spratling 2025, spec §4)
   mlra      softmax attention whose Wq, Wk, Wv are low-rank products A·B (Chung et al. 2024, spec §2)
 
-Methods that constrain the logits through Q/K (qk-layernorm, LSSA's L2 normalisation, σReparam on Wq/Wk) are not
-stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
+Methods that constrain the logits through Q/K (qk-layernorm, a variant whose entry says `bounds_logits`, σReparam
+on Wq/Wk) are not stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
 
 Diagnostics (DESIGN §5) are computed only when asked for (diagnostic steps): they materialise the fp32 logit
-matrix, which the fast paths never do. Every kernel reports `attn_max_logit`, `attn_entropy` and
-`attn_entropy_per_head` (plus the variant's own extras, see each kernel).
+matrix, which the fast paths never do. Every kernel reports `ATTENTION_DIAGNOSTICS`; a variant's entry lists its
+extras and which of them a config reports (`AttentionVariant.diagnostics`, `.reported`), so the names a run logs
+are known from the registry (models/probes.py `diagnostic_names`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def causal_logits(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, scale: float) -> j
     z = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxK, k_BxTxHxK, preferred_element_type=jnp.float32) * scale
     causal_TxT = jnp.tril(jnp.ones((T, T), bool))
     return jnp.where(causal_TxT, z, -jnp.inf)
+
+
+# name -> meaning of the diagnostics every kernel reports (per layer: "<name>/layer_i")
+ATTENTION_DIAGNOSTICS = {
+    "attn_max_logit": "max pre-softmax logit q·k/sqrt(Dh) over the batch (softplus: max stage-1 pre-activation "
+                      "log(Dh)·log(i)·q̂·k̂)",
+    "attn_entropy": "attention entropy -Σ_j A_ij log(A_ij + 1e-6), mean over batch, heads and rows",
+    "attn_entropy_per_head": "the same per head (a vector of n_heads)",
+}
 
 
 def attention_diagnostics(z_BxHxTxT: jax.Array, probs_BxHxTxT: jax.Array, eps: float = 1e-6) -> dict:
@@ -311,29 +321,58 @@ def low_rank_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rn
 
 @dataclasses.dataclass(frozen=True)
 class AttentionVariant:
-    """A `model.attention` choice: how the kernel is built and how each of Wq, Wk, Wv is built."""
+    """A `model.attention` choice: how the kernel and each of Wq, Wk, Wv are built, and what the variant declares.
+
+    `bounds_logits`: the variant itself bounds the attention logits through q, k (the stacking rule, spec §9).
+    `diagnostics`: name -> meaning of the extras its kernel reports besides `ATTENTION_DIAGNOSTICS`; `reported`:
+    which of them a model config reports (some exist only for some settings). tests/models/test_probes.py checks
+    both against what each kernel returns."""
 
     kernel: Callable  # (model cfg, n_heads, head_dim) -> kernel(q, k, v, diagnostics) -> (out, diagnostics dict)
     qkv: Callable  # (model cfg, *, d_model, n_heads, head_dim, rngs) -> module x_BxTxD -> [B, T, H, Dh]
+    bounds_logits: bool = False
+    diagnostics: dict[str, str] = dataclasses.field(default_factory=dict)
+    reported: Callable = lambda cfg: ()  # (model cfg) -> tuple of the `diagnostics` names it reports
+
+    def diagnostic_names(self, cfg) -> tuple[str, ...]:
+        """Every attention diagnostic a layer of this variant reports under the model config `cfg`."""
+        return (*ATTENTION_DIAGNOSTICS, *self.reported(cfg))
+
+
+def _ls_reported(cfg) -> tuple[str, ...]:
+    groups = {"global": cfg.ls.n_global > 0, "local": cfg.ls.n_global < cfg.n_heads}
+    return tuple(f"attn_max_logit_{g}" for g, present in groups.items() if present)
 
 
 ATTENTIONS: dict[str, AttentionVariant] = {
     "softmax": AttentionVariant(SoftmaxKernel.from_config, dense_qkv),
-    "ls": AttentionVariant(LongShortKernel.from_config, dense_qkv),
-    "softplus": AttentionVariant(SoftplusKernel.from_config, dense_qkv),
+    "ls": AttentionVariant(
+        LongShortKernel.from_config, dense_qkv,
+        diagnostics={
+            "attn_max_logit_global": "attn_max_logit over the global heads (ls with n_global > 0)",
+            "attn_max_logit_local": "attn_max_logit over the local heads (ls with n_global < n_heads)",
+        },
+        reported=_ls_reported,
+    ),
+    "softplus": AttentionVariant(
+        SoftplusKernel.from_config, dense_qkv, bounds_logits=True,  # q, k L2-normalised: |s_ij| <= log(Dh)·log(i)
+        diagnostics={"attn_degenerate_frac": "fraction of rows that LSSAR's re-weighting zeroed (softplus.reweight)"},
+        reported=lambda cfg: ("attn_degenerate_frac",) if cfg.softplus.reweight else (),
+    ),
     "mlra": AttentionVariant(SoftmaxKernel.from_config, low_rank_qkv),
 }
 
 
 def check_stacking(cfg) -> None:
     """Refuses, unless model.allow_stacking, two of the methods that all bound the attention logits through Q/K:
-    qk-layernorm, LSSA's L2 normalisation (attention=softplus) and σReparam on Wq/Wk (spec §9: a stacked run is
-    comparable to neither paper)."""
+    qk-layernorm, a variant whose entry says `bounds_logits` (LSSA's L2 normalisation) and σReparam on Wq/Wk
+    (spec §9: a stacked run is comparable to neither paper)."""
+    variant = ATTENTIONS.get(cfg.attention)
     on = [
         name
         for name, flag in (
             ("model.qk_norm", cfg.qk_norm),
-            ("model.attention=softplus (L2-normalised q, k)", cfg.attention == "softplus"),
+            (f"model.attention={cfg.attention} (bounds the logits)", variant is not None and variant.bounds_logits),
             ("model.sigma_reparam", cfg.sigma_reparam),
         )
         if flag

@@ -19,7 +19,8 @@ Embedding-output options (registry `EMBED_SCALES`, `model.embed_scale`; Spike No
   layernorm  x0 = LayerNorm(E[tokens])         ("Embed LN": std 1 at init; no bias, learned scale)
 
 σReparam (`SigmaReparamLinear`, `model.sigma_reparam`): Zhai et al. 2023, W_hat = (γ/σ(W)) W with one power
-iteration per forward on a stored vector (spec §3). Token-embedding variability `tev` (Chung et al. 2024, spec §2).
+iteration per forward on a stored vector (spec §3); its σ, γ metrics are in models/probes.py. Token-embedding
+variability `tev` (Chung et al. 2024, spec §2).
 """
 
 from __future__ import annotations
@@ -236,17 +237,6 @@ def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.
     if cfg.sigma_reparam if reparam is None else reparam:
         return SigmaReparamLinear(in_shape, out_shape, axes, gamma_init=cfg.sigma_reparam_gamma_init, **kwargs)
     return Linear(in_shape, out_shape, axes, **kwargs)
-
-
-def sigma_reparam_metrics(model: nnx.Module) -> dict:
-    """σ, γ and γ/σ (the scale applied to W) of every σReparam layer, keyed by module path (spec §3(c))."""
-    out = {}
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, SigmaReparamLinear):
-            name = "/".join(map(str, path))
-            sigma, gamma = module.sigma[...], module.gamma[...].astype(jnp.float32)
-            out.update({f"sigma/{name}": sigma, f"gamma/{name}": gamma, f"gamma_over_sigma/{name}": gamma / sigma})
-    return out
 
 
 class LayerNorm(nnx.Module):
