@@ -179,7 +179,7 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     r > ~370, so the spec's pseudocode (§4(a)) gives inf/inf = NaN on sharp rows (forward and backward) at the
     lengths LSSAR is evaluated at. We compute the same function as r^p / (Σ_j r^p + eps) in the form
     u^p / (Σ_j u^p + eps·m^-p) with u = r/m and m the row max of r: every u^p <= 1, and eps·m^-p is 0 (m large)
-    or inf (m tiny: the row is then 0, as r^p/eps already is to below 1e-30). The identity holds for any m > 0,
+    or inf (m tiny: the row is then 0, where r^p/(Σ r^p + eps) is below 3e-39). The identity holds for any m > 0,
     so m is held constant (stop_gradient) and the gradient is exact too. A row with m = 0 stays the zero row.
     Returns (stage-1 pre-activations s [B, H, Q, T], weights [B, H, Q, T]); entries above the diagonal are 0.
     """
