@@ -121,7 +121,7 @@ class LongShortKernel:
     every key, the others to the last `window` keys only. Same projections as MHSA, so the same parameters.
 
     Fast path: two jax.nn.dot_product_attention calls, the local one with local_window_size=(window-1, 0) (keys
-    i-window+1..i; checked against `long_short_mask` in tests/test_variants.py on the XLA path). Diagnostics use
+    i-window+1..i; checked against `long_short_mask` in tests/models/test_variants.py on the XLA path). Diagnostics use
     the explicit mask and add the max logit per head group: attn_max_logit_global, attn_max_logit_local.
     """
 
