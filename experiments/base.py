@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.mlra = ml_collections.ConfigDict()  # attention=mlra: low-rank Wq, Wk, Wv (Chung et al. 2024; spec §2) [U] -> [D]
     m.mlra.rank = 0  # rank r of each factorised projection; 0 means head_dim // 2 [D]
     m.mlra.shared_latent = False  # False: per-head factors A_h B_h [D]; True: one shared latent A [d, r], B [r, H*Dh]
-    m.mlra.init_std = 0.02  # std of both factors' normal init (GPT-2's 0.02 [R]), independent of model.init
+    m.mlra.init_std = 0.0  # 0: both factors drawn like model.init's q/k/v kernel (the paper: GPT-2's N(0, 0.02²)); > 0: N(0, init_std²)
 
     m.softplus = ml_collections.ConfigDict()  # attention=softplus: LSSA / LSSAR (Gao & Spratling 2025; spec §4)
     m.softplus.reweight = True  # stage 2 re-weighting ReLU(A*N - O)^p (LSSAR); False = stage 1 only (LSSA)
@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.tie_embeddings = False  # share the input embedding with the output head (the paper: untied)
     m.init = "fan_in"  # init registry key (models/layers.py): fan_in = embed N(0,1/d), kernels trunc-normal 1/sqrt(fan_in)
     #                    | small = every weight N(0, 2/(5d)), Wo and W2 further / sqrt(2L) (Spike No More, spec §7)
+    #                    | gpt2 = every weight N(0, 0.02²), Wo and W2 N(0, 0.02²/(2L)) (GPT-2; the MLRA and LSSAR papers)
     m.dtype = "bfloat16"  # matmul/activation dtype; softmax, logsumexp and norm statistics always run in float32
     m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
     m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.

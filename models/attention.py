@@ -11,12 +11,13 @@ the q/k/v projections are built. A variant is one kernel class (or projection) p
             (Gao & Spratling 2025, spec §4)
   mlra      softmax attention whose Wq, Wk, Wv are low-rank products A·B (Chung et al. 2024, spec §2)
 
-Methods that constrain the logits through Q/K (qk-layernorm, LSSA's L2 normalisation, σReparam on Wq/Wk) are not
-stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
+Methods that constrain the logits through Q/K (qk-layernorm, a variant whose entry says `bounds_logits`, σReparam
+on Wq/Wk) are not stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
 
 Diagnostics (DESIGN §5) are computed only when asked for (diagnostic steps): they materialise the fp32 logit
-matrix, which the fast paths never do. Every kernel reports `attn_max_logit`, `attn_entropy` and
-`attn_entropy_per_head` (plus the variant's own extras, see each kernel).
+matrix, which the fast paths never do. Every kernel reports `ATTENTION_DIAGNOSTICS`; a variant's entry lists its
+extras and which of them a config reports (`AttentionVariant.diagnostics`, `.reported`), so the names a run logs
+are known from the registry (models/probes.py `diagnostic_names`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def causal_logits(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, scale: float) -> j
     z = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxK, k_BxTxHxK, preferred_element_type=jnp.float32) * scale
     causal_TxT = jnp.tril(jnp.ones((T, T), bool))
     return jnp.where(causal_TxT, z, -jnp.inf)
+
+
+# name -> meaning of the diagnostics every kernel reports (per layer: "<name>/layer_i")
+ATTENTION_DIAGNOSTICS = {
+    "attn_max_logit": "max pre-softmax logit q·k/sqrt(Dh) over the batch (softplus: max stage-1 pre-activation "
+                      "log(Dh)·log(i)·q̂·k̂)",
+    "attn_entropy": "attention entropy -Σ_j A_ij log(A_ij + 1e-6), mean over batch, heads and rows",
+    "attn_entropy_per_head": "the same per head (a vector of n_heads)",
+}
 
 
 def attention_diagnostics(z_BxHxTxT: jax.Array, probs_BxHxTxT: jax.Array, eps: float = 1e-6) -> dict:
@@ -111,7 +121,7 @@ class LongShortKernel:
     every key, the others to the last `window` keys only. Same projections as MHSA, so the same parameters.
 
     Fast path: two jax.nn.dot_product_attention calls, the local one with local_window_size=(window-1, 0) (keys
-    i-window+1..i; checked against `long_short_mask` in tests/test_variants.py on the XLA path). Diagnostics use
+    i-window+1..i; checked against `long_short_mask` in tests/models/test_variants.py on the XLA path). Diagnostics use
     the explicit mask and add the max logit per head group: attn_max_logit_global, attn_max_logit_local.
     """
 
@@ -164,6 +174,13 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     Stage 1 (Gao & Spratling, eq. 4 [S]): q, k L2-normalised; A = softplus(log(Dh)·log(N) · q kᵀ) ⊙ M' with
     N_ij = i (1-based query position) and M' the 0/1 causal mask; rows l1-normalised. Stage 2 (eq. 5 [S], `reweight`):
     A = ReLU(A ⊙ N − O)^p, rows l1-normalised again, O = 1 except rows 1..3 = 0. float32 throughout (x^15).
+
+    Overflow (issue 10): r = ReLU(A ⊙ N − O) reaches i − 1 at query position i, and r^15 exceeds float32's max once
+    r > ~370, so the spec's pseudocode (§4(a)) gives inf/inf = NaN on sharp rows (forward and backward) at the
+    lengths LSSAR is evaluated at. We compute the same function as r^p / (Σ_j r^p + eps) in the form
+    u^p / (Σ_j u^p + eps·m^-p) with u = r/m and m the row max of r: every u^p <= 1, and eps·m^-p is 0 (m large)
+    or inf (m tiny: the row is then 0, where r^p/(Σ r^p + eps) is below 3e-39). The identity holds for any m > 0,
+    so m is held constant (stop_gradient) and the gradient is exact too. A row with m = 0 stays the zero row.
     Returns (stage-1 pre-activations s [B, H, Q, T], weights [B, H, Q, T]); entries above the diagonal are 0.
     """
     Dh, T = q_BxQxHxK.shape[-1], k_BxTxHxK.shape[1]
@@ -176,8 +193,11 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     a = a / (a.sum(-1, keepdims=True) + eps)
     if reweight:
         offset_Qx1 = jnp.where(n_Qx1 > LSSAR_OFFSET_FREE_ROWS, 1.0, 0.0)
-        a = jnp.maximum(a * n_Qx1 - offset_Qx1, 0.0) ** power
-        a = a / (a.sum(-1, keepdims=True) + eps)
+        r = jnp.maximum(a * n_Qx1 - offset_Qx1, 0.0)
+        m = jax.lax.stop_gradient(jnp.max(r, axis=-1, keepdims=True))
+        m = jnp.where(m > 0.0, m, 1.0)
+        u = (r / m) ** power
+        a = u / (u.sum(-1, keepdims=True) + eps * m ** (-power))
     return s, a
 
 
@@ -247,13 +267,17 @@ class LowRankProjection(nnx.Module):
       per head (default [D]):  W_h = A_h B_h,  A: [d, H, r],  B: [H, r, Dh]      (H·r·(d + Dh) parameters)
       shared latent:           W = A B,        A: [d, r],     B: [r, H, Dh]      (r·(d + H·Dh) parameters)
 
-    Both factors are drawn from N(0, init_std²), init_std = 0.02 as in GPT-2 [R], whatever `model.init` says, so at
-    init Var(q) = d·r·0.02⁴·Var(x): r·0.02² times that of a single N(0, 0.02²) matrix (spec §2(a), check 2).
+    Init (`init`): both factors are drawn from the initializer that `model.init` gives the dense q/k/v kernel they
+    replace. The paper trains GPT-2, whose every weight is N(0, 0.02²), factors included [R] (spec §2(a)); so under
+    `model.init=gpt2` both are N(0, 0.02²), Var(q) = d·r·0.02⁴·Var(x), and std(q_MLRA)/std(q_dense) = sqrt(r)·0.02
+    exactly as in the paper (spec §2(e) check 2). Under another `model.init` this keeps the paper's rule (factors
+    initialised like every other weight) [D]; before issue 10 the factors were N(0, 0.02²) under the base `fan_in`
+    init, which put q_MLRA ~16x below the dense query at GPT-2-small width (sqrt(r·d)·0.02² = 0.063 vs 1), where
+    the paper has 0.113. `model.mlra.init_std` > 0 overrides both with N(0, init_std²).
     """
 
-    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rank: int, shared_latent: bool, init_std: float,
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rank: int, shared_latent: bool, init,
                  dtype, param_dtype, rngs: nnx.Rngs):
-        init = jax.nn.initializers.normal(init_std)
         if shared_latent:
             a_shape, a_axes = (d_model, rank), ("embed", None)
             b_shape, b_axes = (rank, n_heads, head_dim), (None, "heads", "head_dim")
@@ -286,37 +310,69 @@ def low_rank_qkv(cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rn
     rank = cfg.mlra.rank or head_dim // 2
     if rank < 1:
         raise ValueError(f"model.mlra.rank={cfg.mlra.rank} must be >= 0 (0 means head_dim // 2)")
+    if cfg.mlra.init_std < 0:
+        raise ValueError(f"model.mlra.init_std={cfg.mlra.init_std} must be >= 0 (0 means model.init's q/k/v kernel)")
+    init = jax.nn.initializers.normal(cfg.mlra.init_std) if cfg.mlra.init_std else layers.get_init(cfg).kernel(d_model)
     return LowRankProjection(
-        d_model, n_heads, head_dim, rank=rank, shared_latent=cfg.mlra.shared_latent, init_std=cfg.mlra.init_std,
+        d_model, n_heads, head_dim, rank=rank, shared_latent=cfg.mlra.shared_latent, init=init,
         dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionVariant:
-    """A `model.attention` choice: how the kernel is built and how each of Wq, Wk, Wv is built."""
+    """A `model.attention` choice: how the kernel and each of Wq, Wk, Wv are built, and what the variant declares.
+
+    `bounds_logits`: the variant itself bounds the attention logits through q, k (the stacking rule, spec §9).
+    `diagnostics`: name -> meaning of the extras its kernel reports besides `ATTENTION_DIAGNOSTICS`; `reported`:
+    which of them a model config reports (some exist only for some settings). tests/models/test_probes.py checks
+    both against what each kernel returns."""
 
     kernel: Callable  # (model cfg, n_heads, head_dim) -> kernel(q, k, v, diagnostics) -> (out, diagnostics dict)
     qkv: Callable  # (model cfg, *, d_model, n_heads, head_dim, rngs) -> module x_BxTxD -> [B, T, H, Dh]
+    bounds_logits: bool = False
+    diagnostics: dict[str, str] = dataclasses.field(default_factory=dict)
+    reported: Callable = lambda cfg: ()  # (model cfg) -> tuple of the `diagnostics` names it reports
+
+    def diagnostic_names(self, cfg) -> tuple[str, ...]:
+        """Every attention diagnostic a layer of this variant reports under the model config `cfg`."""
+        return (*ATTENTION_DIAGNOSTICS, *self.reported(cfg))
+
+
+def _ls_reported(cfg) -> tuple[str, ...]:
+    groups = {"global": cfg.ls.n_global > 0, "local": cfg.ls.n_global < cfg.n_heads}
+    return tuple(f"attn_max_logit_{g}" for g, present in groups.items() if present)
 
 
 ATTENTIONS: dict[str, AttentionVariant] = {
     "softmax": AttentionVariant(SoftmaxKernel.from_config, dense_qkv),
-    "ls": AttentionVariant(LongShortKernel.from_config, dense_qkv),
-    "softplus": AttentionVariant(SoftplusKernel.from_config, dense_qkv),
+    "ls": AttentionVariant(
+        LongShortKernel.from_config, dense_qkv,
+        diagnostics={
+            "attn_max_logit_global": "attn_max_logit over the global heads (ls with n_global > 0)",
+            "attn_max_logit_local": "attn_max_logit over the local heads (ls with n_global < n_heads)",
+        },
+        reported=_ls_reported,
+    ),
+    "softplus": AttentionVariant(
+        SoftplusKernel.from_config, dense_qkv, bounds_logits=True,  # q, k L2-normalised: |s_ij| <= log(Dh)·log(i)
+        diagnostics={"attn_degenerate_frac": "fraction of rows that LSSAR's re-weighting zeroed (softplus.reweight)"},
+        reported=lambda cfg: ("attn_degenerate_frac",) if cfg.softplus.reweight else (),
+    ),
     "mlra": AttentionVariant(SoftmaxKernel.from_config, low_rank_qkv),
 }
 
 
 def check_stacking(cfg) -> None:
     """Refuses, unless model.allow_stacking, two of the methods that all bound the attention logits through Q/K:
-    qk-layernorm, LSSA's L2 normalisation (attention=softplus) and σReparam on Wq/Wk (spec §9: a stacked run is
-    comparable to neither paper)."""
+    qk-layernorm, a variant whose entry says `bounds_logits` (LSSA's L2 normalisation) and σReparam on Wq/Wk
+    (spec §9: a stacked run is comparable to neither paper)."""
+    variant = ATTENTIONS.get(cfg.attention)
     on = [
         name
         for name, flag in (
             ("model.qk_norm", cfg.qk_norm),
-            ("model.attention=softplus (L2-normalised q, k)", cfg.attention == "softplus"),
+            (f"model.attention={cfg.attention} (bounds the logits)", variant is not None and variant.bounds_logits),
             ("model.sigma_reparam", cfg.sigma_reparam),
         )
         if flag

@@ -9,6 +9,9 @@ Init rules (registry `INITS`, selected by `model.init`):
   small   Spike No More (Takase et al. 2023, condition 1 "small sub-layers"; spec §7(a)) [R]: every weight, the
           embedding included, N(0, σ²) with σ = sqrt(2/(5d)) ("small init", Nguyen & Salazar 2019); the residual-branch
           output projections (Wo, W2) get σ/sqrt(2L) (GPT-2/Megatron "scaled init").
+  gpt2    GPT-2 (Radford et al. 2019, §2.3: residual-layer weights scaled by 1/sqrt(N) at init, N the number of
+          residual layers = 2L): every weight, embedding and head included, N(0, 0.02²); Wo and W2 N(0, (0.02/sqrt(2L))²).
+          The init of the papers that train GPT-2 (MLRA, Chung et al. 2024; LSSAR, Gao & Spratling 2025).
 
 Embedding-output options (registry `EMBED_SCALES`, `model.embed_scale`; Spike No More, spec §7(a) [R]):
   none       x0 = E[tokens]                    (std(x0) = σ_embed: "Vanilla" under `small` init)
@@ -16,7 +19,8 @@ Embedding-output options (registry `EMBED_SCALES`, `model.embed_scale`; Spike No
   layernorm  x0 = LayerNorm(E[tokens])         ("Embed LN": std 1 at init; no bias, learned scale)
 
 σReparam (`SigmaReparamLinear`, `model.sigma_reparam`): Zhai et al. 2023, W_hat = (γ/σ(W)) W with one power
-iteration per forward on a stored vector (spec §3). Token-embedding variability `tev` (Chung et al. 2024, spec §2).
+iteration per forward on a stored vector (spec §3); its σ, γ metrics are in models/probes.py. Token-embedding
+variability `tev` (Chung et al. 2024, spec §2).
 """
 
 from __future__ import annotations
@@ -59,11 +63,9 @@ def fan_in_init(cfg) -> Inits:
     )
 
 
-def small_init(cfg) -> Inits:
-    """Spike No More's condition-1 init (spec §7(a) [R]): N(0, σ²), σ = sqrt(2/(5d)), for every weight including the
-    embedding; Wo and W2 get σ/sqrt(2L). Plain (untruncated) normal, as Megatron's init_method_normal [R]."""
-    std = math.sqrt(2.0 / (5 * cfg.d_model))
-    out_std = std / math.sqrt(2 * cfg.n_layers)
+def normal_init(std: float, n_layers: int) -> Inits:
+    """Every weight N(0, std²), the residual-branch output kernels N(0, std²/(2L)); plain (untruncated) normals."""
+    out_std = std / math.sqrt(2 * n_layers)
     return Inits(
         embed=jax.nn.initializers.normal(std),
         kernel=lambda fan_in: jax.nn.initializers.normal(std),
@@ -71,7 +73,19 @@ def small_init(cfg) -> Inits:
     )
 
 
-INITS: dict[str, Callable[..., Inits]] = {"fan_in": fan_in_init, "small": small_init}
+def small_init(cfg) -> Inits:
+    """Spike No More's condition-1 init (spec §7(a) [R]): N(0, σ²), σ = sqrt(2/(5d)), for every weight including the
+    embedding; Wo and W2 get σ/sqrt(2L). Plain (untruncated) normal, as Megatron's init_method_normal [R]."""
+    return normal_init(math.sqrt(2.0 / (5 * cfg.d_model)), cfg.n_layers)
+
+
+def gpt2_init(cfg) -> Inits:
+    """GPT-2's init: every weight N(0, 0.02²) (GPT-1, Radford et al. 2018 §4.1, kept by GPT-2's released code), Wo and
+    W2 N(0, (0.02/sqrt(2L))²) (GPT-2, Radford et al. 2019 §2.3). Plain normal, as GPT-2 and Megatron draw it."""
+    return normal_init(0.02, cfg.n_layers)
+
+
+INITS: dict[str, Callable[..., Inits]] = {"fan_in": fan_in_init, "small": small_init, "gpt2": gpt2_init}
 
 
 def get_init(cfg) -> Inits:
@@ -237,17 +251,6 @@ def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.
     if cfg.sigma_reparam if reparam is None else reparam:
         return SigmaReparamLinear(in_shape, out_shape, axes, gamma_init=cfg.sigma_reparam_gamma_init, **kwargs)
     return Linear(in_shape, out_shape, axes, **kwargs)
-
-
-def sigma_reparam_metrics(model: nnx.Module) -> dict:
-    """σ, γ and γ/σ (the scale applied to W) of every σReparam layer, keyed by module path (spec §3(c))."""
-    out = {}
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, SigmaReparamLinear):
-            name = "/".join(map(str, path))
-            sigma, gamma = module.sigma[...], module.gamma[...].astype(jnp.float32)
-            out.update({f"sigma/{name}": sigma, f"gamma/{name}": gamma, f"gamma_over_sigma/{name}": gamma / sigma})
-    return out
 
 
 class LayerNorm(nnx.Module):

@@ -85,8 +85,18 @@ class Transformer(nnx.Module):
         return logits_BxTxV, diag
 
 
+# name -> meaning of `output_logit_stats` (what `lm_loss` adds on diagnostic steps)
+OUTPUT_LOGIT_DIAGNOSTICS = {
+    "logz_mean": "mean log Z of the output logits",
+    "logz_sq_mean": "mean log² Z of the output logits",
+    "logit_mean": "mean output logit",
+    "logit_min": "min output logit",
+    "logit_max": "max output logit",
+}
+
+
 def output_logit_stats(logits_BxTxV: jax.Array, logz_BxT: jax.Array) -> dict:
-    """Output-logit drift statistics (spec §0; Wortsman et al. Fig. 4)."""
+    """Output-logit drift statistics (spec §0; Wortsman et al. Fig. 4): `OUTPUT_LOGIT_DIAGNOSTICS`."""
     return {
         "logz_mean": logz_BxT.mean(),
         "logz_sq_mean": jnp.square(logz_BxT).mean(),

@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import optim
 from experiments import attention_logit_growth, base
 from launch import configs, mesh as mesh_lib, train
+from models import probes
 
 
 def small_program(**model_overrides):
@@ -85,7 +87,17 @@ def test_diagnose_values_and_documented_names():
     assert float(out["tev_sigma"]) == pytest.approx(tev_rows.std(), rel=1e-4)
     assert float(out["tev_batch_mu"]) == pytest.approx(tev_rows[seen].mean(), rel=1e-5)
     assert float(out["tev_batch_sigma"]) == pytest.approx(tev_rows[seen].std(), rel=1e-4)
-    assert float(out["logit_max"]) >= float(out["logit_mean"]) >= float(out["logit_min"])
+    # output-logit statistics: float64 numpy from the logits of the same forward (the model's float32 logits)
+    model = nnx.merge(prog.graphdef, state["params"], state["rest"])
+    y = np.asarray(model(jnp.asarray(batch[:, :-1]))[0], np.float64)
+    logz = np.log(np.exp(y - y.max(-1, keepdims=True)).sum(-1)) + y.max(-1)
+    ref = {"logz_mean": logz.mean(), "logz_sq_mean": (logz**2).mean(), "logit_mean": y.mean(), "logit_min": y.min(),
+           "logit_max": y.max()}
+    for k, v in ref.items():
+        assert float(out[k]) == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the model diagnostics it emits are exactly those the registries declare for this config
+    optimizer_side = ("param_rms/", "grad_rms/", "update_rms/", "adam_attenuation/")
+    assert {k for k in out if not k.startswith(optimizer_side)} == set(probes.diagnostic_names(cfg.model))
     # attenuation after one step at the first update: m̂ = g, v̂ = g², so the ratio is ~1 for ordinary gradients
     assert all(0.99 < float(v) <= 1.0 + 1e-6 for k, v in out.items() if k.startswith("adam_attenuation/"))
     assert len([k for k in out if k.startswith("adam_attenuation/")]) == len(jax.tree.leaves(state["params"]))
