@@ -23,7 +23,7 @@ Presets (`get_config(arg)`; the config is the LS model, the sweep puts MHSA besi
         per point. Memory (launch/memory.py; was ≳ 500 GiB): the diagnostics' explicit float32 [B, H, T, T]
         attention runs forward-only on `train.diag_rows` = 4 rows (the gradient RMS still comes from the whole
         batch through the fused kernel), every block is rematerialised, and a group's 18 members (6 LRs x 3
-        seeds) train as programs of `train.max_members` = 2, ~110 GiB each. What the study measures (the max
+        seeds) train as programs of `train.max_members` = 2, ~84 GiB each. What the study measures (the max
         logit per layer and head group at T = 4096, the loss over the LR grid) is unchanged.
 
 Sweep: model.attention in {softmax, ls} x the LR grid. Diagnostics (train.diag_every) log attn_max_logit/layer_i

@@ -21,8 +21,8 @@ Presets (`get_config(arg)`; the config is the MLRA model at the first depth):
   tiny  CPU minutes: d=64, 2 heads, depths 2 / 4 / 8 on `classics`, 300 steps.
   gpu   one H200: GPT-2-small width (d=768, 12 heads of 64), depths 12 / 24 / 48 [R], length 1024, batch 128,
         10k steps, warmup 1k, 3 seeds per point. Memory (launch/memory.py): at depth 48 one member's activations
-        are ~190 GiB, so every block is rematerialised (~55 GiB a member) and a group's 12 members (4 LRs x 3
-        seeds) train as programs of `train.max_members` = 2.
+        are ~190 GiB, so every block is rematerialised (~52 GiB a member) and a group's 12 members (4 LRs x 3
+        seeds) train as programs of `train.max_members` = 2 (~105 GiB each).
 
 Sweep: arm (vanilla | mlra | scaled_embed | embed_ln) x model.n_layers x the LR grid. Diagnostics log tev_mu,
 tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's tokens) every train.diag_every steps.

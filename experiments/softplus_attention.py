@@ -24,7 +24,7 @@ Presets (`get_config(arg)`; the config is LSSAR p = 15):
         10k steps, warmup 1k, 3 seeds per point; queries chunked by 1024 so evaluation at 8K fits. Memory
         (launch/memory.py; was ≈ 460 GiB a member by our estimate, ≈ 230 GiB by the issue's): LSSAR keeps ~5
         float32 [B, H, T, T] tensors per layer for its backward, so every block is rematerialised (one layer's
-        at a time, ~70 GiB a member), each member trains as its own program (`train.max_members` = 1), and the
+        at a time, ~100 GiB a member), each member trains as its own program (`train.max_members` = 1), and the
         diagnostics run forward-only on `train.diag_rows` = 32 rows. Batch and length are the study's.
 
 Sweep: arm (softmax | lssar p=15 | lssar p=3 | lssa = stage 1 only) x the LR grid; tiny: softmax and p=15 only.

@@ -21,8 +21,8 @@ Presets (`get_config(arg)`; the config is Scaled Embed):
   gpu   one H200: the 151M ladder shape (d=1024, 12 layers, 16 heads of 64; the paper's smallest is 350M [R]),
         init=small, no qk-layernorm (the paper's models have none), batch 256 x 512, 10k steps, warmup 1k; the LR
         grid reaches 2-4x the usual Megatron LR; 3 seeds per point. Memory (launch/memory.py): ~87 GiB a member,
-        so every block is rematerialised (~49 GiB) and a group's 15 members (5 LRs x 3 seeds) train as programs
-        of `train.max_members` = 2.
+        so every block is rematerialised (~46 GiB) and a group's 15 members (5 LRs x 3 seeds) train as programs
+        of `train.max_members` = 2 (~92 GiB each).
 
 Sweep: model.embed_scale in {none, scaled, layernorm} x the LR grid.
 
