@@ -16,7 +16,8 @@ Presets (`get_config(arg)` is the base of every trial, `get_sweep(arg)` the tria
              (56 trials, ~4 minutes on 2 CPU cores): qk-layernorm lowers the LR sensitivity at both sizes.
   gpu        for H200s with --executor=batched: the ladder sizes 2.4m, 9.4m, 19m of experiments/base.py
              (head dim 64, vocab 32101, seq 512) x qk-layernorm {off, on} x the 7-point grid, z-loss 1e-4 and
-             independent weight decay 1e-4 on: 42 trials, 6 batched programs of 7 members. On a host with n
+             independent weight decay 1e-4 on, 3 seeds per point: 126 trials, 18 programs of 7 members (6
+             groups of 21 capped by train.max_members; programs of ~3x the pre-seed time). On a host with n
              GPUs run n copies with --shard=i/n and CUDA_VISIBLE_DEVICES=i (launch/sweep.py).
   gpu_timing the executor benchmark (benchmarks/sweep_executors.sh): the 9.4m model with qk-layernorm over the
              7-point grid for 300 steps, once with each executor.
@@ -29,7 +30,8 @@ Recipe (`RECIPE`, the baseline: qk-layernorm off, z-loss on; the sweep varies bo
 
   The paper's own recipe (§6(b) [V-text]): z-loss 1e-4 and independent weight decay 1e-4 are part of it, and
   NanoDO decays every parameter (`optim.decay_all`; no exclusion list [V-code]). Warmup is the one deviation (5e3
-  in the paper, see below). The gpu preset runs 3 seeds per point, a group's 21 members (7 LRs x 3 seeds) as
+  in the paper, see below). Before issue 10 only tensors with ndim >= 2 were decayed; the tiny figures quoted
+  above were measured that way (a 1e-4 decay of the norm scales over 150 steps moves them by < 2%). The gpu preset runs 3 seeds per point, a group's 21 members (7 LRs x 3 seeds) as
   programs of `train.max_members` = 7 (~85 GiB at 19m by launch/memory.py).
 
 Deviations from the paper (DESIGN: say which): C4 with the T5 vocabulary -> the embedded `classics` corpus (set
