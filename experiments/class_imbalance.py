@@ -38,7 +38,8 @@ Presets:
          0.9-1.7 above it; SGD's rarest group stays above ln V = 7.6 (8.6-8.7 at step 50, 8.1-8.8 at the end)
          while Adam takes it from ~9.0 at step 50 to 7.1-7.2, below ln V.
   gpu    one H200, ~4-5 minutes (two batched programs of 3 members at ~590k tokens/s per member, before
-         issue 10; now 9 members each: 3 seeds): the 9.4m ladder shape (d=512, 3 layers, vocab 32101) on `classics`, 3000 steps of 32 x 512 tokens,
+         issue 10; now 9 members each: 3 seeds): the 9.4m ladder shape (d=512, 3 layers, vocab 32101) on
+         `classics`, 3000 steps of 32 x 512 tokens,
          eval every 200 steps; Adam LR {3e-4, 1e-3, 3e-3}, SGD LR {3e-3, 1e-2, 3e-2} (the paper's 1e-2 in the
          middle). In a 400-step trial run on an H200, Adam 1e-3 beat 3e-4 and 3e-3, unclipped SGD diverged within
          4 steps at LR 0.1 and 0.3, and at 0.03 it already trailed Adam by 0.2 on the most frequent group and

@@ -31,7 +31,8 @@ Recipe (`RECIPE`, the baseline: qk-layernorm off, z-loss on; the sweep varies bo
   The paper's own recipe (§6(b) [V-text]): z-loss 1e-4 and independent weight decay 1e-4 are part of it, and
   NanoDO decays every parameter (`optim.decay_all`; no exclusion list [V-code]). Warmup is the one deviation (5e3
   in the paper, see below). Before issue 10 only tensors with ndim >= 2 were decayed; the tiny figures quoted
-  above were measured that way (a 1e-4 decay of the norm scales over 150 steps moves them by < 2%). The gpu preset runs 3 seeds per point, a group's 21 members (7 LRs x 3 seeds) as
+  above were measured that way (a 1e-4 decay of the norm scales over 150 steps moves them by < 2%).
+  The gpu preset runs 3 seeds per point, a group's 21 members (7 LRs x 3 seeds) as
   programs of `train.max_members` = 7 (~85 GiB at 19m by launch/memory.py).
 
 Deviations from the paper (DESIGN: say which): C4 with the T5 vocabulary -> the embedded `classics` corpus (set

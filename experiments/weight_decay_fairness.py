@@ -21,8 +21,8 @@ Presets (`get_config(arg)` is the base of every trial, `get_sweep(arg)` the tria
          0.06 but the rarest populated rank decile by 0.35 and the rarest equal-mass group by 0.13, while the
          most frequent decile/group move by +0.05/−0.01. One seed; the rare deciles are noisy at ±0.05.
   gpu    one H200, ~3-4 minutes (one batched program of 4 members at ~450k tokens/s per member, measured
-         before issue 10; now 12 members: 3 seeds): the 9.4m ladder shape (d=512, 3 layers, vocab 32101) on `classics`, 4000 steps of 32 x 512
-         tokens, peak LR 3e-3 (warmup 400, cosine), the same λ grid.
+         before issue 10; now 12 members: 3 seeds): the 9.4m ladder shape (d=512, 3 layers, vocab 32101) on
+         `classics`, 4000 steps of 32 x 512 tokens, peak LR 3e-3 (warmup 400, cosine), the same λ grid.
 
 Recipe (`RECIPE`, the λ = 0 baseline; the sweep varies λ alone; tests/experiments/test_recipes.py):
 
