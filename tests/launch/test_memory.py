@@ -93,6 +93,13 @@ def test_estimate_moves_the_right_way():
     assert "3 member(s)" in line and "peak" in line and "\n" not in line
 
 
+@pytest.mark.parametrize("field", ["diag_rows", "max_members"])
+def test_negative_memory_fields_are_config_errors(field):
+    configs.validate(tiny(**{f"train.{field}": 2}), n_devices=1)
+    with pytest.raises(configs.ConfigError, match=f"train.{field}=-1"):
+        configs.validate(tiny(**{f"train.{field}": -1}), n_devices=1)
+
+
 def member_key(cfg) -> str:
     """Trials with equal keys are members of one batched group: they differ only in optimizer scalars and
     train.seed (the lead's loop of issue 9)."""
