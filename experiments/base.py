@@ -172,8 +172,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.eval_every = 100  # evaluate on held-out windows every this many steps (and at the last step)
     t.eval_batches = 4  # held-out batches per evaluation
     t.diag_every = 0  # compute the diagnostics of DESIGN §5 every this many steps; 0 = never
-    t.diag_rows = 0  # attention/logit diagnostics on the first this many rows of the batch (memory: the explicit
-    #                  float32 attention holds B*H*T*T per layer); 0 = the whole batch
     t.ckpt_every = 100  # save an orbax checkpoint every this many steps (and at the last step); 0 = only at the end
     t.keep_ckpts = 2  # newest checkpoints kept on disk
     t.divergence_margin = 0.0  # > 0: early stopping, also diverged once training CE > initial_loss + margin; 0 (the
@@ -194,6 +192,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.rewind.steps_back = 100  # restore the newest checkpoint at or before (spike step - steps_back) (PaLM: ~100)
     t.rewind.skip_batches = 200  # batches each rewind skips: step t then reads batch t + data_offset (PaLM: 200-500)
     t.rewind.max_rewinds = 5  # after this many rewinds spikes are ignored and the divergence rule decides
+
+    # memory of the presets (launch/memory.py estimates it; issue 10)
+    t.diag_rows = 0  # the explicit float32 attention diagnostics run forward-only on the batch's first rows; 0 = all
+    t.max_members = 0  # a batched group (trials differing only in optimizer scalars / train.seed) trains as programs
+    #                    of at most this many members; 0 = the whole group as one program
 
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
@@ -231,17 +234,22 @@ def preset_name(arg: str | None, presets) -> str:
 
 def variant_study(preset: str, gpu_size: str, tiny_diag_every: int = 25) -> ml_collections.ConfigDict:
     """The shared base of the model-variant studies (experiments/{ls_attention,mlra,...}.py), before each study
-    sets its own variant: `tiny` is the CPU tiny model in float32 (faster than bf16 on CPU) for 300 steps with
-    diagnostics; `gpu` is the ladder size `gpu_size` without qk-layernorm, 10k steps after a 1k-step warmup."""
+    sets its own variant and its paper's recipe (each study's `RECIPE`): `tiny` is the CPU tiny model in float32
+    (faster than bf16 on CPU) for 300 steps with diagnostics; `gpu` is the ladder size `gpu_size`, 10k steps after
+    a 1k-step warmup. Neither has qk-layernorm, z-loss or weight decay: those are Wortsman et al.'s stabilisers,
+    which none of the variant papers used and which shrink what they measure (z-loss bounds logit growth, weight
+    decay on the embedding lowers TEV); a study whose paper decays weights sets its own."""
     if preset == "tiny":
         c = get_config("tiny")
         c.model.dtype = "float32"
         c.train.update(steps=300, diag_every=tiny_diag_every)
     elif preset == "gpu":
         c = get_config(gpu_size)
-        c.model.qk_norm = False
         c.optim.warmup_steps = 1000
         c.train.update(steps=10_000, eval_every=1000, ckpt_every=1000, diag_every=100)
     else:
         raise ValueError(f"unknown preset {preset!r}; choose tiny or gpu")
+    c.model.qk_norm = False
+    c.loss.z_loss = 0.0
+    c.optim.weight_decay = 0.0
     return c

@@ -16,10 +16,24 @@ Presets (`get_config(arg)` is the base of every trial, `get_sweep(arg)` the tria
              (56 trials, ~4 minutes on 2 CPU cores): qk-layernorm lowers the LR sensitivity at both sizes.
   gpu        for H200s with --executor=batched: the ladder sizes 2.4m, 9.4m, 19m of experiments/base.py
              (head dim 64, vocab 32101, seq 512) x qk-layernorm {off, on} x the 7-point grid, z-loss 1e-4 and
-             independent weight decay 1e-4 on: 42 trials, 6 batched programs of 7 members. On a host with n
+             independent weight decay 1e-4 on, 3 seeds per point: 126 trials, 18 programs of 7 members (6
+             groups of 21 capped by train.max_members; programs of ~3x the pre-seed time). On a host with n
              GPUs run n copies with --shard=i/n and CUDA_VISIBLE_DEVICES=i (launch/sweep.py).
   gpu_timing the executor benchmark (benchmarks/sweep_executors.sh): the 9.4m model with qk-layernorm over the
              7-point grid for 300 steps, once with each executor.
+
+Recipe (`RECIPE`, the baseline: qk-layernorm off, z-loss on; the sweep varies both; tests/experiments/test_recipes.py):
+
+  | z-loss | weight decay | clip | qk-norm | warmup (gpu) | init | Adam ε |
+  |--------|--------------|------|---------|--------------|------|--------|
+  | 1e-4   | 1e-4 independent, every tensor | 1.0 | off (swept) | 100 steps | fan_in | 1e-8 |
+
+  The paper's own recipe (§6(b) [V-text]): z-loss 1e-4 and independent weight decay 1e-4 are part of it, and
+  NanoDO decays every parameter (`optim.decay_all`; no exclusion list [V-code]). Warmup is the one deviation (5e3
+  in the paper, see below). Before issue 10 only tensors with ndim >= 2 were decayed; the tiny figures quoted
+  above were measured that way (a 1e-4 decay of the norm scales over 150 steps moves them by < 2%).
+  The gpu preset runs 3 seeds per point, a group's 21 members (7 LRs x 3 seeds) as
+  programs of `train.max_members` = 7 (~85 GiB at 19m by launch/memory.py).
 
 Deviations from the paper (DESIGN: say which): C4 with the T5 vocabulary -> the embedded `classics` corpus (set
 `--config.data.source=tfds` for C4); the gpu preset trains 1000 steps of 64 x 512 tokens with a 100-step warmup
@@ -38,13 +52,18 @@ this size: whether it diverges or stalls changes with float rounding). Its LR se
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product
+from experiments.sweeps import product, seed_axis
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # spec optimizers-and-metrics §4(a)
 TINY_WIDTHS = (32, 64)  # d_model; 2 layers, 2 heads
 GPU_SIZES = ("2.4m", "9.4m", "19m")  # names in base.LADDER
 
 PRESETS = ("tiny", "tiny_full", "gpu", "gpu_timing")
+RECIPE = {
+    "loss.z_loss": 1e-4, "optim.weight_decay": 1e-4, "optim.independent_wd": True, "optim.decay_all": True,
+    "optim.clip": 1.0, "model.qk_norm": False, "optim.warmup_steps": 100, "model.init": "fan_in", "optim.eps": 1e-8,
+}
+BASELINE = {"model.qk_norm": False, "loss.z_loss": 1e-4}  # the arm that RECIPE describes
 
 
 def _sizes(preset: str) -> list[dict]:
@@ -58,8 +77,9 @@ def get_config(arg: str | None = None):
     if preset == "gpu":
         c = base.get_config(GPU_SIZES[0])
         c.data.batch_size = 64
-        c.optim.warmup_steps = 100
-        c.train.update(steps=1000, log_every=50, eval_every=250, eval_batches=16, diag_every=100, ckpt_every=500)
+        c.optim.update(warmup_steps=100, decay_all=True)
+        c.train.update(steps=1000, log_every=50, eval_every=250, eval_batches=16, diag_every=100, ckpt_every=500,
+                       max_members=7)
         return c
     if preset == "gpu_timing":
         c = base.get_config("9.4m")
@@ -70,7 +90,7 @@ def get_config(arg: str | None = None):
     c = base.get_config("tiny")
     c.model.update(d_model=TINY_WIDTHS[0], n_layers=2, n_heads=2, dtype="float32")
     c.data.update(seq_len=64, batch_size=8)
-    c.optim.warmup_steps = 50
+    c.optim.update(warmup_steps=50, decay_all=True)
     c.train.update(
         steps=150, log_every=10, eval_every=150, eval_batches=8, diag_every=25, ckpt_every=50, progress=False
     )
@@ -83,4 +103,6 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     if preset == "gpu_timing":
         return product(lr=lrs)
     z_losses = (1e-4,) if preset == "gpu" else (1e-4, 0.0)
-    return product(size=_sizes(preset), **{"model.qk_norm": [False, True], "loss.z_loss": z_losses}, lr=lrs)
+    return product(
+        size=_sizes(preset), **{"model.qk_norm": [False, True], "loss.z_loss": z_losses}, lr=lrs, **seed_axis(preset)
+    )

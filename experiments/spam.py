@@ -19,25 +19,41 @@ Presets (`get_config(arg)`):
         1500 steps after a 150-step warmup. Data: `classics` by default, which 1500 steps would repeat 18 times;
         benchmarks/RESULTS.md's run used a 29M-token corpus (`--config.data.source=prepared`, the command is there).
 
-Shared recipe (spec §1(b)): Adam betas (0.9, 0.999), eps 1e-6, no weight decay, no z-loss, no qk-layernorm (LLaMA
-has none), warmup then cosine. Deviations: the cosine ends at optim.min_lr = 1e-5, not 0.1 x peak (a per-LR floor
-would split the report's LR groups), and the models, data and step counts are far smaller than the paper's.
+Recipe (`RECIPE`, the Adam baseline; tests/experiments/test_recipes.py):
+
+  | z-loss | weight decay | clip | qk-norm | warmup (gpu) | init   | Adam ε |
+  |--------|--------------|------|---------|--------------|--------|--------|
+  | 0      | 0            | 0    | off     | 150 steps    | fan_in | 1e-8   |
+
+  Spec §1(b): betas (0.9, 0.999) for every method, no weight decay, no z-loss, no qk-layernorm (LLaMA has none),
+  warmup then cosine. The Adam baseline is torch.optim.Adam, ε 1e-8; Adam + clip adds global-norm clipping at 1;
+  SPAM uses its own ε 1e-6 (E2 placement) and no global clipping. LLaMA's init (N(0, 0.02²) without the residual
+  1/sqrt(2L)) is not GPT-2's; we keep fan_in [D]. The gpu preset runs 3 seeds per point; the Adam / Adam + clip
+  group of 12 members trains as programs of `train.max_members` = 6 (~63 GiB by launch/memory.py).
+
+Deviations: the cosine ends at optim.min_lr = 1e-5, not 0.1 x peak (a per-LR floor would split the report's LR
+groups), and the models, data and step counts are far smaller than the paper's.
 """
 
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product
+from experiments.sweeps import product, seed_axis
 
 PRESETS = ("tiny", "gpu")
 LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (1e-3, 3e-3)}
 SPIKE_FRACTION = 0.4  # the injected spike lands at this fraction of the run
 SPIKE_SCALE = 1000.0  # gradient multiplier of the injected spike
 METHODS = {  # name -> overrides; one list entry per method keeps the trial ids readable
-    "adam": {"optim.name": "adamw", "optim.clip": 0.0},
-    "adam+clip": {"optim.name": "adamw", "optim.clip": 1.0},
-    "spam": {"optim.name": "spam", "optim.clip": 0.0},
+    "adam": {"optim.name": "adamw", "optim.clip": 0.0, "optim.eps": 1e-8},
+    "adam+clip": {"optim.name": "adamw", "optim.clip": 1.0, "optim.eps": 1e-8},
+    "spam": {"optim.name": "spam", "optim.clip": 0.0, "optim.eps": 1e-6},
 }
+RECIPE = {
+    "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 0.0, "model.qk_norm": False,
+    "optim.warmup_steps": 150, "model.init": "fan_in", "optim.eps": 1e-8,
+}
+BASELINE = {**METHODS["adam"], "train.spike_at_step": 0}  # the trials that RECIPE describes
 
 
 def get_config(arg: str | None = None):
@@ -51,10 +67,10 @@ def get_config(arg: str | None = None):
         c = base.get_config("9.4m")
         c.data.batch_size = 64
         c.optim.warmup_steps = 150
-        c.train.update(steps=1500, log_every=10, eval_every=100, eval_batches=16, ckpt_every=500)
+        c.train.update(steps=1500, log_every=10, eval_every=100, eval_batches=16, ckpt_every=500, max_members=6)
     c.model.qk_norm = False
     c.loss.z_loss = 0.0
-    c.optim.update(b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, min_lr=1e-5)
+    c.optim.update(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, min_lr=1e-5, clip=0.0)
     c.train.spike_scale = SPIKE_SCALE
     return c
 
@@ -62,4 +78,6 @@ def get_config(arg: str | None = None):
 def get_sweep(arg: str | None = None) -> list[dict]:
     preset = base.preset_name(arg, PRESETS)
     spike_step = int(SPIKE_FRACTION * get_config(preset).train.steps)
-    return product(method=list(METHODS.values()), **{"train.spike_at_step": [0, spike_step]}, lr=LRS[preset])
+    return product(
+        method=list(METHODS.values()), **{"train.spike_at_step": [0, spike_step]}, lr=LRS[preset], **seed_axis(preset)
+    )

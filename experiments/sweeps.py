@@ -9,6 +9,10 @@ A bare name of an optimizer scalar (`optim.HPARAM_KEYS`: lr, weight_decay, eps, 
 overrides, for fields that move together (a model size: `size=[{"model.d_model": 256, "model.n_layers": 3}, ...]`;
 the axis name is then only a label). Sweeps are plain lists: `+` concatenates them, a comprehension filters them.
 Unknown fields are rejected by launch.sweep with a one-line error before anything runs.
+
+`seeds(n)` is the seed axis `train.seed = 0..n-1` (`product(lr=[...], **seeds(3))`): trials that differ only in
+optimizer scalars and the seed train as one batched program (members with their own init and data order), so
+seed noise costs one program per point group. The `gpu` presets run `GPU_SEEDS` seeds per point (`seed_axis(preset)`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,19 @@ from __future__ import annotations
 import itertools
 
 from optim import HPARAM_KEYS
+
+
+GPU_SEEDS = 3  # seeds per point of every study's gpu preset (issue 10)
+
+
+def seeds(n: int) -> dict[str, list[int]]:
+    """The axis `train.seed` = 0, 1, ..., n-1, as keyword arguments of `product`."""
+    return {"train.seed": list(range(n))}
+
+
+def seed_axis(preset: str) -> dict[str, list[int]]:
+    """`seeds(GPU_SEEDS)` for the `gpu` preset, no axis otherwise (`tiny` stays single-seed: CPU time)."""
+    return seeds(GPU_SEEDS) if preset == "gpu" else {}
 
 
 def full_key(key: str) -> str:

@@ -27,17 +27,33 @@ Presets (`get_config(arg)`):
         (`--config.data.source=prepared`, the command is there).
 
 Defaults follow the spec's "defensible choice" (§3(b)): decay 10% of each cycle, linear, min_lr_ratio 0.1, no
-rewarmup, AdamW (0.9, 0.95), clip 1. Deviations: the paper's models are 0.1-1.2B on 50-200B tokens; ours are tiny.
+rewarmup, AdamW (0.9, 0.95), clip 1.
+
+Recipe (`RECIPE`, every method's; tests/experiments/test_recipes.py):
+
+  | z-loss | weight decay                        | clip | qk-norm | warmup (gpu) | init   | Adam ε |
+  |--------|-------------------------------------|------|---------|--------------|--------|--------|
+  | 0      | 0.1 coupled, tensors with ndim >= 2 | 1.0  | off     | 100 steps    | fan_in | 1e-8   |
+
+  Levanter's AdamConfig defaults (spec §3(b), [inferred]): weight decay 0.1 as optax.adamw (coupled), clipping
+  at 1, ε 1e-8; its LLaMA models have neither qk-norm nor z-loss. Init: fan_in [D] (the paper's is not stated).
+  The gpu preset runs 3 seeds per point (each method then one program of 3 members). Deviations: the paper's models are 0.1-1.2B on 50-200B tokens; ours are tiny.
 """
 
 from __future__ import annotations
 
 from experiments import base
+from experiments.sweeps import product, seed_axis
 
 PRESETS = ("tiny", "gpu")
 BUDGETS = {"tiny": (100, 200, 400), "gpu": (500, 1000, 2000)}
 LR = {"tiny": 1e-2, "gpu": 3e-3}
 MIN_LR_RATIO = 0.1
+RECIPE = {
+    "loss.z_loss": 0.0, "optim.weight_decay": 0.1, "optim.independent_wd": False, "optim.decay_all": False,
+    "optim.clip": 1.0, "model.qk_norm": False, "optim.warmup_steps": 100, "model.init": "fan_in", "optim.eps": 1e-8,
+}
+BASELINE = {}  # every method shares RECIPE
 
 
 def get_config(arg: str | None = None):
@@ -54,6 +70,9 @@ def get_config(arg: str | None = None):
         c.optim.warmup_steps = 100
         c.train.update(log_every=20, eval_every=100, eval_batches=16, ckpt_every=500)
     c.train.steps = budgets[-1]
+    c.model.qk_norm = False
+    c.loss.z_loss = 0.0
+    c.optim.update(weight_decay=0.1, independent_wd=False, decay_all=False)
     c.optim.update(lr=LR[preset], min_lr=MIN_LR_RATIO * LR[preset])
     c.optim.wsd.update(decay=0.1, decay_shape="linear", min_lr_ratio=MIN_LR_RATIO, rewarmup=0.0)
     return c
@@ -62,9 +81,10 @@ def get_config(arg: str | None = None):
 def get_sweep(arg: str | None = None) -> list[dict]:
     budgets = BUDGETS[base.preset_name(arg, PRESETS)]
     cycles = {"optim.wsd.cycles": tuple(budgets[:-1])}
-    return [
+    methods = [
         {"optim.schedule": "wsd_s", **cycles},
         {"optim.schedule": "cyclic_cosine", **cycles},
         *({"optim.schedule": "wsd", "train.steps": b} for b in budgets),
         *({"optim.schedule": "warmup_cosine", "train.steps": b} for b in budgets),
     ]
+    return product(method=methods, **seed_axis(base.preset_name(arg, PRESETS)))

@@ -89,7 +89,8 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     _check(t.eval_batches > 0, f"train.eval_batches={t.eval_batches} must be positive")
     _check(t.keep_ckpts > 0, f"train.keep_ckpts={t.keep_ckpts} must be positive")
     _check(t.divergence_margin >= 0, f"train.divergence_margin={t.divergence_margin} must be >= 0 (0 = off)")
-    _check(t.diag_rows >= 0, f"train.diag_rows={t.diag_rows} must be >= 0 (0 = the whole batch)")
+    for field in ("diag_rows", "max_members"):
+        _check(t[field] >= 0, f"train.{field}={t[field]} must be >= 0 (0: all rows / the whole group)")
     _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
     if t.rewind.enabled:
         _validate_rewind(t)
