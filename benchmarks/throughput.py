@@ -35,6 +35,7 @@ flags.DEFINE_float("peak_tflops", flops.DATASHEET_PEAK_TFLOPS, "datasheet peak T
 flags.DEFINE_float("measured_peak_tflops", flops.MEASURED_PEAK_TFLOPS, "measured GEMM peak TFLOP/s: `mfu_measured_peak`")
 flags.DEFINE_string("out", "", "append the result as one JSON line to this file")
 flags.DEFINE_string("label", "", "a name for this measurement, stored in the result")
+flags.DEFINE_integer("members", 1, "time the batched step of a group of this many members (tokens count all of them)")
 FLAGS = flags.FLAGS
 
 
@@ -107,7 +108,7 @@ def benchmark(cfg, steps: int, warmup: int, peak_tflops: float, measured_peak_tf
         measured_peak_tflops=measured_peak_tflops,
         peak_memory_gib=stats.get("peak_bytes_in_use", 0) / 2**30,
         warmup_seconds=compile_s,
-        final_loss=float(m["loss"]),
+        final_loss=float(np.mean(m["loss"])),  # over members
     )
 
 
@@ -115,7 +116,7 @@ def main(argv) -> None:
     del argv
     cfg = FLAGS.config
     configs.validate(cfg, n_devices=jax.device_count())
-    result = dict(label=FLAGS.label, **benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops, FLAGS.measured_peak_tflops))
+    result = dict(label=FLAGS.label, **benchmark(cfg, FLAGS.steps, FLAGS.warmup, FLAGS.peak_tflops, FLAGS.measured_peak_tflops, FLAGS.members))
     line = json.dumps(result)
     print(line, flush=True)
     if FLAGS.out:

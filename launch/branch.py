@@ -23,8 +23,9 @@ import jax
 import numpy as np
 
 import optim
-from launch import cli, configs, metrics as metrics_lib, train
-from launch.eval_length import load_config
+from absl import logging
+
+from launch import cli, configs, loop, metrics as metrics_lib
 from optim.schedules import frac_or_steps  # Levanter's fraction-or-steps rule, shared with the wsd schedule
 
 # Override prefixes a branch may change: the decay, the mesh, and train fields but those of `BRANCH_FIXED`.
@@ -82,7 +83,7 @@ def claim_branch(workdir: Path, record: dict) -> None:
 def branch(main_dir: str | Path, budget: int, workdir: str | Path, overrides: dict | None = None, verbose=True) -> dict:
     """Trains (or resumes) the budget-`budget` WSD branch of the run in `main_dir` in `workdir`; returns its summary."""
     main_dir, workdir = Path(main_dir), Path(workdir)
-    main_cfg = load_config(main_dir)
+    main_cfg = configs.load_run_config(main_dir)
     cfg = branch_config(main_cfg, budget, overrides or {})
     configs.validate(cfg, n_devices=jax.device_count(), n_processes=jax.process_count())
     step = branch_step(cfg)
@@ -96,8 +97,8 @@ def branch(main_dir: str | Path, budget: int, workdir: str | Path, overrides: di
         )
     claim_branch(workdir, dict(main=str(main_dir.resolve()), step=step, budget=budget))
     if verbose and not checkpoint_steps(workdir):
-        print(f"{workdir}: branching {main_dir} at step {step} to decay until {budget}", flush=True)
-    return train.train(cfg, workdir, verbose=verbose, start_from=(main_dir, step))
+        logging.info("%s: branching %s at step %d to decay until %d", workdir, main_dir, step, budget)
+    return loop.train(cfg, workdir, verbose=verbose, start_from=(main_dir, step))
 
 
 def main(argv) -> None:
@@ -108,12 +109,25 @@ def main(argv) -> None:
     branch(f["from"].value, f.budget, f.workdir, cli.config_overrides())
 
 
-if __name__ == "__main__":
-    from absl import flags
+def main_run_config(argv: list[str]):
+    """The config.json of the `--from` run: what `--config.a.b=v` overrides (read before absl parses the flags)."""
+    import ml_collections
 
-    from experiments import base
+    for arg in argv:
+        if arg.startswith("--from="):
+            try:
+                return configs.load_run_config(Path(arg.partition("=")[2]))
+            except configs.ConfigError as e:
+                cli.fail(str(e))
+    return ml_collections.ConfigDict()  # absl then reports the missing --from
+
+
+if __name__ == "__main__":
+    import sys
+
+    from absl import flags
 
     flags.DEFINE_string("from", None, "the main run's directory (launch.train with checkpoints at the branch steps)")
     flags.DEFINE_integer("budget", None, "the branch's total steps B; it forks the main run at B - decay steps")
     flags.mark_flags_as_required(["from", "budget"])
-    cli.run(main, config="dict", default_config=base.get_config(), workdir=True)
+    cli.run(main, config="dict", default_config=main_run_config(sys.argv[1:]), workdir=True)

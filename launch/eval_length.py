@@ -17,16 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments import base
-from launch import cli, configs, data, mesh as mesh_lib, metrics as metrics_lib, train
-
-
-def load_config(workdir: Path):
-    """The resolved config of the run in `workdir` (its config.json applied to the base config)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        raise configs.ConfigError(f"{workdir} holds no run (no config.json)")
-    return configs.apply_overrides(base.get_config(), json.loads(path.read_text()))
+from launch import cli, configs, data, loop, mesh as mesh_lib, metrics as metrics_lib, step as step_lib
 
 
 def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, batch_size: int = 0) -> dict:
@@ -35,12 +26,12 @@ def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, 
     `batches` / `batch_size` default (0) to the run's train.eval_batches / data.batch_size.
     """
     workdir = Path(workdir)
-    cfg = load_config(workdir)
+    cfg = configs.load_run_config(workdir)
     batches = batches or cfg.train.eval_batches
     batch_size = batch_size or cfg.data.batch_size
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    prog = train.build_program(cfg, mesh)
-    step, state = train.restore_newest(prog, workdir)
+    prog = step_lib.build_program(cfg, mesh)
+    step, state = loop.restore_newest(prog, workdir)
     if state is None:
         raise configs.ConfigError(f"{workdir} has no checkpoint to evaluate")
     batch_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec())

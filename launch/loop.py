@@ -243,7 +243,10 @@ def train_group(
     hparams_M = step_lib.stacked_hparams(group, cfgs)
     offset = int(host["data_offset"][0])  # members of a group share it (no rewinds for M > 1)
     rewind_cfg = cfg.train.rewind
-    decay_ends = set(optim.decay_ends(cfg.optim, total))
+    ends = optim.decay_ends(cfg.optim, total)
+    # a decayed model of its own at every end of a multi-budget schedule (WSD-S, cyclic cosine); a one-budget
+    # schedule's only end is the final state, already checkpointed
+    decay_ends = set(ends) if len(ends) > 1 else set()
     decayed = checkpoint.Checkpointer(members[0].workdir / "decayed", keep=None) if decay_ends and m == 1 else None
     n_buckets = cfg.train.freq_buckets
     table = evaluation.frequency_buckets(gdata.token_counts(), n_buckets) if n_buckets else None

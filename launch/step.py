@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import optim
 from launch import mesh as mesh_lib
-from models import probes, transformer
+from models import fp8, mlp, probes, transformer
 
 
 def hparams_array(cfg) -> dict:
@@ -93,7 +93,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     model_cfg = cfg.model
 
     def new_model(seed):
-        return transformer.Transformer(model_cfg, rngs=nnx.Rngs(params=seed))
+        return transformer.Transformer(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
 
     graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(lambda: new_model(0)), nnx.Param, ...)
     param_shardings = mesh_lib.named(mesh, mesh_lib.state_specs(abs_params, mesh))
@@ -134,10 +134,13 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         new_rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
         return loss, (aux, diag, new_rest)
 
-    grad_fn = jax.value_and_grad(forward, has_aux=True)
+    # also differentiated w.r.t. `rest`: the FP8 gradient scales come out of the backward as their cotangents
+    # ("overwrite with gradient", models/fp8.py); no other leaf of `rest` reaches the optimizer
+    grad_fn = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)
 
     def gradients(state, batch_BxS, hparams):
-        (loss, (aux, _, new_rest)), grads = grad_fn(state["params"], state["rest"], batch_BxS, False)
+        (loss, (aux, _, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False)
+        new_rest = fp8.apply_meta_grads(new_rest, rest_grads)
         if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss on that batch
             batch_num = state["step"] + state["data_offset"] + 1
             spike = jnp.where(batch_num == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
@@ -199,6 +202,8 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         out.update(diag)
         out.update(probes.embedding_metrics(model, batch_BxS[:, :-1]))
         out.update(probes.sigma_reparam_metrics(model))
+        out.update(fp8.metrics(model))
+        out.update(mlp.swiglu_alignment_metrics(model))
         out.update(probes.per_tensor_rms(state["params"], "param_rms"))
         out.update(probes.per_tensor_rms(grads, "grad_rms"))
         out.update(probes.per_tensor_rms(updates, "update_rms"))

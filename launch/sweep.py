@@ -123,11 +123,16 @@ def program_key(cfg) -> str:
 
 
 def group_trials(trials: list[Trial]) -> list[list[Trial]]:
-    """Trials grouped by `program_key`, in order of first appearance."""
+    """Trials grouped by `program_key`, in order of first appearance; a group larger than its
+    `train.max_members` (> 0) is cut into consecutive programs of at most that many (memory, launch/memory.py)."""
     groups: dict[str, list[Trial]] = {}
     for t in trials:
         groups.setdefault(program_key(t.cfg), []).append(t)
-    return list(groups.values())
+    out = []
+    for g in groups.values():
+        size = g[0].cfg.train.max_members or len(g)
+        out += [g[i:i + size] for i in range(0, len(g), size)]
+    return out
 
 
 # ---- results.jsonl ------------------------------------------------------------------------------------------------
