@@ -246,6 +246,8 @@ VARIANTS = {
     "spam": {"name": "spam", "spam.reset_interval": 4, "spam.reset_warmup": 2, "spam.no_clip_steps": 1},
     "skip_step": {"skip_step.enabled": True, "skip_step.window": 4},
     "wsd_s": {"schedule": "wsd_s", "warmup_steps": 0, "wsd.cycles": (4,), "wsd.decay": 2.0},
+    "wsd_s_per_budget": {"schedule": "wsd_s", "warmup_steps": 0, "wsd.cycles": (4,), "wsd.decay": 0.25,
+                         "wsd.decay_of": "budget"},  # decays over 1 step before 4, 2 before 8
 }
 
 
