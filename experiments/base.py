@@ -204,6 +204,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis (batch is split over it too)
     c.mesh.tensor = 1  # tensor-parallel axis (heads, MLP hidden, vocab)
 
+    # ---- optim (optim helper, issue 10): the WSD-S decay length per budget ------------------------------------------
+    o.wsd.decay_of = "cycle"  # wsd_s: a fractional wsd.decay is of each cycle (Levanter) | budget: of the step B_k it ends at (= a WSD run of B_k)
+
     preset = arg or "tiny"
     if preset == "tiny":
         pass

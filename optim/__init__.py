@@ -5,8 +5,15 @@ vmapped) train step: `hparams` carries the scalars of `HPARAM_KEYS`, possibly as
 sweep member. Everything below is jnp arithmetic on those scalars and the optimizer state's structure never
 depends on their values, so `init` may use the config values and `update` the traced ones.
 
-Registries (adding an entry = one function + one line): `OPTIMIZERS` (optim.name), `SCHEDULES`
-(optim.schedule), `CLIPPING` (optim.clip_mode). Unknown names raise ValueError listing the choices.
+Registries (adding an entry = one function + one entry): `OPTIMIZERS` (optim.name), `SCHEDULES` (optim.schedule;
+a `Schedule(build, decay_ends)` record, read through `make_schedule` and `decay_ends`), `CLIPPING`
+(optim.clip_mode). Unknown names raise ValueError listing the choices. An optimizer state that reports counters
+names them in its own class (`METRICS`, read by `state_metrics`); `adam_attenuation` (optim/probes.py) reads Adam's
+moments wherever they sit in the state.
+
+Not `optax.inject_hyperparams`: it stores numeric hyperparameters in the state at `init` and updates with those,
+while a batched sweep initialises the state from the config values and passes each member's traced scalars when
+it builds the optimizer inside the vmapped step; `with_lr_schedule` injects only the LR, computed from them.
 """
 
 from __future__ import annotations
@@ -21,26 +28,42 @@ from optim import schedules
 from optim.adam import scale_by_adam
 from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global_norm, global_norm, skip_step
 from optim.masks import decay_mask, stacked_by_path
-from optim.schedules import constant, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s, wsd_s_decay_ends
-from optim.sgd import SgdState, scale_by_sgd_momentum
+from optim.probes import adam_attenuation
+from optim.schedules import (
+    Schedule, constant, cycle_ends, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s,
+)
+from optim.sgd import sgd_momentum
 from optim.spam import SpamState, scale_by_spam, spam
 
 # The scalar hyperparameters a batched LR sweep may vary per member (config.optim fields of the same names).
 HPARAM_KEYS: tuple[str, ...] = ("lr", "weight_decay", "eps", "b1", "b2", "clip", "warmup_steps", "min_lr")
 
-# optim.schedule -> (optim_cfg, total_steps, hparams) -> optax.Schedule
+# optim.schedule -> Schedule(build, decay_ends). Decay ends ([D], spec optimizers §3(a)): every step where a
+# decay to the minimum LR finishes is a decayed model for that budget: each WSD-S / cyclic-cosine cycle end, a WSD
+# run's budget (as a WSD branch's end is, in the spec's branching), and the end of a cosine (the per-budget
+# oracle) when it falls inside the run; a constant LR has none.
 SCHEDULES = {
-    "constant": lambda o, total, h: constant(h["lr"]),
-    "warmup_cosine": lambda o, total, h: warmup_cosine(h["lr"], total, h["warmup_steps"], h["min_lr"], o.decay_steps),
-    "wsd": lambda o, total, h: wsd(
-        h["lr"], total, h["warmup_steps"], o.wsd.decay, o.wsd.decay_shape, o.wsd.min_lr_ratio
+    "constant": Schedule(lambda o, total, h: constant(h["lr"]), lambda o, total: ()),
+    "warmup_cosine": Schedule(
+        lambda o, total, h: warmup_cosine(h["lr"], total, h["warmup_steps"], h["min_lr"], o.decay_steps),
+        lambda o, total: tuple(e for e in (int(o.decay_steps) or int(total),) if e <= total),
     ),
-    "wsd_s": lambda o, total, h: wsd_s(
-        h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.decay, o.wsd.rewarmup, o.wsd.decay_shape,
-        o.wsd.min_lr_ratio,
+    "wsd": Schedule(
+        lambda o, total, h: wsd(h["lr"], total, h["warmup_steps"], o.wsd.decay, o.wsd.decay_shape, o.wsd.min_lr_ratio),
+        lambda o, total: (int(total),),
     ),
-    "cyclic_cosine": lambda o, total, h: cyclic_cosine(
-        h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.rewarmup, o.wsd.min_lr_ratio
+    "wsd_s": Schedule(
+        lambda o, total, h: wsd_s(
+            h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.decay, o.wsd.rewarmup, o.wsd.decay_shape,
+            o.wsd.min_lr_ratio, o.wsd.decay_of,
+        ),
+        lambda o, total: cycle_ends(total, tuple(o.wsd.cycles)),
+    ),
+    "cyclic_cosine": Schedule(
+        lambda o, total, h: cyclic_cosine(
+            h["lr"], total, tuple(o.wsd.cycles), h["warmup_steps"], o.wsd.rewarmup, o.wsd.min_lr_ratio
+        ),
+        lambda o, total: cycle_ends(total, tuple(o.wsd.cycles)),
     ),
 }
 
@@ -51,7 +74,7 @@ OPTIMIZERS = {
         h["b1"], h["b2"], h["eps"], o.spam.threshold, o.spam.reset_interval, o.spam.reset_warmup,
         o.spam.no_clip_steps,
     ),
-    "sgd": lambda o, h: scale_by_sgd_momentum(h["b1"]),  # momentum m ← β1·m + g (torch SGD); β1 = 0: plain SGD
+    "sgd": lambda o, h: sgd_momentum(h["b1"]),  # optax.trace: m ← β1·m + g, u = m (torch SGD); β1 = 0: plain SGD
 }
 
 # optim.clip_mode -> (optim_cfg, hparams) -> gradient clipping with threshold hparams["clip"] (<= 0: off)
@@ -83,7 +106,13 @@ def _hparams(optim_cfg, hparams: dict | None) -> dict:
 def make_schedule(optim_cfg, total_steps: int, hparams: dict | None = None) -> optax.Schedule:
     """The LR schedule `optim.schedule` (lr_t as a function of the update index, 0-based)."""
     h = _hparams(optim_cfg, hparams)
-    return _lookup(SCHEDULES, optim_cfg.schedule, "optim.schedule")(optim_cfg, total_steps, h)
+    return _lookup(SCHEDULES, optim_cfg.schedule, "optim.schedule").build(optim_cfg, total_steps, h)
+
+
+def decay_ends(optim_cfg, total_steps: int) -> tuple[int, ...]:
+    """The steps after which `optim.schedule` has just finished a decay (a decayed model: the result for that
+    budget), increasing, in (0, total_steps]; `SCHEDULES` says which they are. Empty for a constant LR."""
+    return _lookup(SCHEDULES, optim_cfg.schedule, "optim.schedule").decay_ends(optim_cfg, int(total_steps))
 
 
 def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> optax.GradientTransformationExtraArgs:
@@ -123,30 +152,34 @@ def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> 
     return with_lr_schedule(build, schedule)
 
 
-def _find(tree, cls) -> list:
-    return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(x, cls)]
+def _reports(x) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "METRICS")
 
 
 def state_metrics(opt_state) -> dict[str, jax.Array]:
-    """The counters an optimizer state reports (DESIGN §5): SPAM clip/reset counts and skip-step decisions.
+    """The counters an optimizer state reports (DESIGN §5), e.g. SPAM's clip/reset counts, skip-step decisions.
 
-    Empty for plain AdamW. Works on batched (vmapped) states too: every value then has the member axis.
+    Every state class that reports counters names them itself, in a `METRICS` class attribute {metric name:
+    field} next to its transform (optim/spam.py `SpamState`, optim/clipping.py `SkipStepState`); states nested
+    inside a reporting state (a SpamState under a SkipStepState) are found too. Empty for plain AdamW. Works on
+    batched (vmapped) states: every value then has the member axis.
     """
     out = {}
-    for s in _find(opt_state, SpamState):
-        out.update(spam_clipped=s.clipped, spam_clipped_total=s.clipped_total, spam_resets=s.resets)
-    for s in _find(opt_state, SkipStepState):
-        out.update(
-            skipped=s.skipped, skipped_total=s.skipped_total, skip_loss_z=s.loss_z, skip_grad_norm_z=s.grad_norm_z,
-            skip_loss_threshold=s.loss_threshold, skip_grad_norm_threshold=s.grad_norm_threshold,
-        )
+
+    def visit(tree):
+        for node in jax.tree.leaves(tree, is_leaf=_reports):
+            if _reports(node):
+                out.update({name: getattr(node, field) for name, field in type(node).METRICS.items()})
+                visit(tuple(node))  # a plain tuple of its fields: nested reporting states
+
+    visit(opt_state)
     return out
 
 
 __all__ = [
-    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "SgdState", "SkipStepState", "SpamState",
-    "clip_by_component_norm", "clip_by_global_norm", "constant", "cyclic_cosine", "decay_mask", "global_norm",
-    "hparams_from_config", "make_optimizer", "make_schedule", "scale_by_adam", "scale_by_sgd_momentum",
-    "scale_by_spam", "schedules", "skip_step", "spam", "stacked_by_path", "state_metrics", "warmup_cosine",
-    "with_lr_schedule", "wsd", "wsd_s", "wsd_s_decay_ends",
+    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "Schedule", "SkipStepState", "SpamState",
+    "adam_attenuation", "clip_by_component_norm", "clip_by_global_norm", "constant", "cycle_ends", "cyclic_cosine",
+    "decay_ends", "decay_mask", "global_norm", "hparams_from_config", "make_optimizer", "make_schedule",
+    "scale_by_adam", "scale_by_spam", "schedules", "sgd_momentum", "skip_step", "spam", "stacked_by_path",
+    "state_metrics", "warmup_cosine", "with_lr_schedule", "wsd", "wsd_s",
 ]

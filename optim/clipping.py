@@ -75,6 +75,13 @@ class SkipStepState(NamedTuple):
     loss_threshold: jax.Array  # float32 mean + sigma·std of the last update: above it, skip (+inf while unarmed)
     grad_norm_threshold: jax.Array  # float32 same for the gradient norm
 
+    # the counters `optim.state_metrics` reports: metric name -> field
+    METRICS = {
+        "skipped": "skipped", "skipped_total": "skipped_total", "skip_loss_z": "loss_z",
+        "skip_grad_norm_z": "grad_norm_z", "skip_loss_threshold": "loss_threshold",
+        "skip_grad_norm_threshold": "grad_norm_threshold",
+    }
+
 
 def _history_stats(buffer: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and Bessel-corrected std (torch.std) of the first `n` valid entries of a ring buffer."""

@@ -8,6 +8,10 @@ values. Schedules return float32.
 - `constant`, `warmup_cosine`: the Wortsman et al. recipe (spec optimizers §4(a), model-variants §6(a)).
 - `wsd`, `wsd_s`, `cyclic_cosine`: warmup-stable-decay and its single-run multi-budget variant WSD-S
   (Wen et al. 2024), with Levanter's `lr_scheduler` semantics (spec optimizers §3(a)).
+
+Hand-written rather than `optax.warmup_cosine_decay_schedule` / `join_schedules`: optax's builders branch in
+Python on `warmup_steps` (`if transition_steps <= 0`), so a traced per-member warmup raises a
+TracerBoolConversionError (tests/optim/test_optim_schedules.py, traced hparams).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ DECAY_SHAPES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "cosine": lambda x: 0.5 * (1.0 + jnp.cos(jnp.pi * x)),  # optax.cosine_decay_schedule(peak, d, alpha=min/peak)
     "1-sqrt": lambda x: 1.0 - jnp.sqrt(x),  # Hägele et al. 2024 cooldown
 }
+
+
+# wsd_s `decay_of`: what a fractional decay is a fraction of.
+DECAY_OF = ("cycle", "budget")
 
 
 def _f32(x) -> jax.Array:
@@ -62,8 +70,8 @@ def warmup_cosine(peak_lr, total_steps: int, warmup_steps, min_lr, decay_steps: 
     return schedule
 
 
-def wsd_s_decay_ends(total_steps: int, cycles: Sequence[int] = ()) -> tuple[int, ...]:
-    """The step counts at which each WSD-S decay has finished: `(*cycles, total_steps)`.
+def cycle_ends(total_steps: int, cycles: Sequence[int] = ()) -> tuple[int, ...]:
+    """The step counts at which each WSD-S cycle (and its decay) has finished: `(*cycles, total_steps)`.
 
     After `e` optimizer updates (the last one at lr S((d-1)/d) of a decay), the parameters are a decayed model:
     the checkpoint saved at step `e` is the budget-`e` result (spec optimizers §3(a)).
@@ -107,6 +115,7 @@ def wsd_s(
     rewarmup=0.0,
     decay_shape: str = "linear",
     min_lr_ratio=0.1,
+    decay_of: str = "cycle",
 ) -> optax.Schedule:
     """WSD-S (Wen et al. 2024, arXiv 2410.05192) with Levanter semantics (spec optimizers §3(a)).
 
@@ -115,19 +124,25 @@ def wsd_s(
     peak), a stable phase at `peak_lr`, and a decay over its last `decay` steps to `min_lr_ratio * peak_lr` with
     `decay_shape` (linear | cosine | 1-sqrt). `warmup`, `rewarmup` and `decay` follow the fraction-or-steps rule
     of `frac_or_steps` per cycle (so cycle 3 of [300, 600] in 1000 steps decays over int(0.1·400) = 40 steps);
-    `decay=None` decays over the whole post-warmup cycle (cyclic cosine). Each piece is evaluated at
+    `decay=None` decays over the whole post-warmup cycle (cyclic cosine). `decay_of` = "budget" reads a fractional
+    `decay` as a fraction of the step B_k the cycle ends at instead (cycle [300, 600) decays over int(0.1·600) =
+    60 steps): the decay before B_k is then the decay of a `wsd` run of B_k steps, step for step, which is how
+    a WSD-S budget compares like-for-like with a WSD run of that budget ([inferred], see experiments/wsd_s.py;
+    Levanter's rule, "cycle", is the default). Each piece is evaluated at
     step − piece start, so the last step of a decay uses S((d−1)/d): the exact minimum is only held after
     `total_steps`. The optimizer state is never touched at a cycle boundary (only the LR jumps back).
     """
     if decay_shape not in DECAY_SHAPES:
         raise ValueError(f"unknown decay_shape {decay_shape!r}; choose one of {', '.join(DECAY_SHAPES)}")
+    if decay_of not in DECAY_OF:
+        raise ValueError(f"unknown decay_of {decay_of!r}; choose one of {', '.join(DECAY_OF)}")
     shape = DECAY_SHAPES[decay_shape]
-    ends = wsd_s_decay_ends(total_steps, cycles)
+    ends = cycle_ends(total_steps, cycles)
     plan = []
     for i, (start, end) in enumerate(zip((0, *ends[:-1]), ends)):
         n = end - start
         w = frac_or_steps(warmup if i == 0 else rewarmup, n, "warmup" if i == 0 else "rewarmup")
-        d = n - w if decay is None else frac_or_steps(decay, n, "decay")
+        d = n - w if decay is None else frac_or_steps(decay, end if decay_of == "budget" else n, "decay")
         if isinstance(w, int) and isinstance(d, int) and not (w >= 0 and d >= 0 and w + d <= n):
             raise ValueError(f"cycle [{start}, {end}): warmup {w} + decay {d} steps must fit in its {n} steps")
         plan.append(_Cycle(start, end, w, d))
@@ -188,3 +203,12 @@ def with_lr_schedule(
         return updates, WithLrState(optax.safe_int32_increment(state.count), inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+class Schedule(NamedTuple):
+    """A `SCHEDULES` entry: the builder and the schedule's decay ends, so that callers never test its name."""
+
+    build: Callable[..., optax.Schedule]  # (optim_cfg, total_steps, hparams) -> optax.Schedule
+    # (optim_cfg, total_steps) -> the steps (increasing, in (0, total_steps]) after which the LR has just finished
+    # a decay to the schedule's minimum, so the parameters there are a decayed model, the result for that budget
+    decay_ends: Callable[..., tuple[int, ...]]

@@ -7,29 +7,23 @@ dampening, no Nesterov, no weight decay.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
-import jax.numpy as jnp
 import optax
 
 
-class SgdState(NamedTuple):
-    momentum: optax.Updates  # the momentum buffer m, parameter-shaped, in the parameters' dtype
+def sgd_momentum(b1=0.9) -> optax.GradientTransformation:
+    """`optax.trace(b1)`: the direction m, m ← b1·m + g from m = 0 (torch's first step, m = g, is the same
+    thing); b1 = 0 is plain SGD. The state is an `optax.TraceState`.
 
-
-def scale_by_sgd_momentum(b1=0.9) -> optax.GradientTransformation:
-    """The direction m, with m ← b1·m + g from m = 0 (torch's first step, m = g, is the same thing); b1 = 0 is plain
-    SGD. The learning rate, its schedule and the weight decay come after it in `optim.make_optimizer`, as for
-    adamw, so coupled decay here is θ ← θ − lr_t·(m + λθ), not torch's θ ← θ − lr·m with λθ folded into g before
-    the momentum. `b1` may be a traced per-member scalar (batched sweeps): it only multiplies."""
-
-    def init(params):
-        return SgdState(jax.tree.map(jnp.zeros_like, params))
+    The learning rate, its schedule and the weight decay come after it in `optim.make_optimizer`, as for adamw,
+    so coupled decay here is θ ← θ − lr_t·(m + λθ), not torch's θ ← θ − lr·m with λθ folded into g before the
+    momentum. `b1` may be a traced per-member scalar (batched sweeps). Updates and state are cast back to the
+    incoming dtypes: a traced float32 b1 would otherwise promote a bfloat16 momentum to float32, so the state's
+    dtypes would change after the first step (tests/optim/test_optim_sgd.py, bfloat16 test).
+    """
+    trace = optax.trace(b1)
 
     def update(updates, state, params=None):
-        del params
-        momentum = jax.tree.map(lambda m, g: (b1 * m + g).astype(m.dtype), state.momentum, updates)
-        return jax.tree.map(lambda m, g: m.astype(g.dtype), momentum, updates), SgdState(momentum)
+        new_updates, new_state = trace.update(updates, state, params)
+        return optax.tree.cast_like(new_updates, updates), optax.tree.cast_like(new_state, state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformation(trace.init, update)

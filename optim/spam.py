@@ -32,6 +32,9 @@ class SpamState(NamedTuple):
     clipped_total: jax.Array  # int32 entries clipped so far (saturates at 2**31 − 1)
     resets: jax.Array  # int32 momentum resets so far
 
+    # the counters `optim.state_metrics` reports: metric name -> field
+    METRICS = {"spam_clipped": "clipped", "spam_clipped_total": "clipped_total", "spam_resets": "resets"}
+
 
 def reset_warmup_scale(k, reset_interval: int, reset_warmup: int) -> jax.Array:
     """SPAM's post-reset warmup factor for update k (1-based), spec optimizers §1(a).

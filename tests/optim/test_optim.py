@@ -5,6 +5,8 @@ References are float64 numpy, written here from the spec (optimizers §4, model-
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,6 +246,8 @@ VARIANTS = {
     "spam": {"name": "spam", "spam.reset_interval": 4, "spam.reset_warmup": 2, "spam.no_clip_steps": 1},
     "skip_step": {"skip_step.enabled": True, "skip_step.window": 4},
     "wsd_s": {"schedule": "wsd_s", "warmup_steps": 0, "wsd.cycles": (4,), "wsd.decay": 2.0},
+    "wsd_s_per_budget": {"schedule": "wsd_s", "warmup_steps": 0, "wsd.cycles": (4,), "wsd.decay": 0.25,
+                         "wsd.decay_of": "budget"},  # decays over 1 step before 4, 2 before 8
 }
 
 
@@ -351,3 +355,64 @@ def test_unknown_names_raise(overrides, message):
 def test_unknown_hparam_raises():
     with pytest.raises(ValueError, match="unknown optimizer hparams"):
         optim.make_optimizer(optim_cfg(), 10, {"learning_rate": 1e-3})
+
+
+# ---- state counters and probes -------------------------------------------------------------------------------------
+
+
+def test_state_metrics_come_from_each_state_class():
+    """SPAM under skip-step under the schedule wrapper: both states' counters, named as their classes say; a new
+    state class reports its counters by declaring METRICS alone; vmapped states keep the member axis."""
+    cfg = optim_cfg(name="spam", **{"skip_step.enabled": True, "skip_step.window": 4})
+    state = optim.make_optimizer(cfg, 10).init({"w": jnp.zeros((2, 2))})
+    metrics = optim.state_metrics(state)
+    assert sorted(metrics) == sorted([*optim.SpamState.METRICS, *optim.SkipStepState.METRICS])
+    assert sorted(optim.SpamState.METRICS) == ["spam_clipped", "spam_clipped_total", "spam_resets"]
+    assert sorted(optim.SkipStepState.METRICS) == [
+        "skip_grad_norm_threshold", "skip_grad_norm_z", "skip_loss_threshold", "skip_loss_z", "skipped",
+        "skipped_total",
+    ]
+    assert optim.state_metrics(optim.make_optimizer(optim_cfg(), 10).init({"w": jnp.zeros(2)})) == {}
+
+    class CountState(NamedTuple):
+        ticks: jax.Array
+        METRICS = {"my_ticks": "ticks"}
+
+    nested = (optax.EmptyState(), {"a": CountState(jnp.asarray(7))}, state)
+    assert int(optim.state_metrics(nested)["my_ticks"]) == 7
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x + 1]), state)
+    assert np.asarray(optim.state_metrics(stacked)["spam_resets"]).tolist() == [0, 1]
+
+
+def np_attenuation(m, v, count, eps, b1, b2):
+    m_hat, sqrt_v = m / (1 - b1**count), np.sqrt(v / (1 - b2**count))
+    rms = lambda x: np.sqrt(np.mean(np.square(x)))  # noqa: E731
+    ok = sqrt_v > 0
+    den = rms(np.where(ok, m_hat / np.where(ok, sqrt_v, 1.0), 0.0))
+    return rms(m_hat / (sqrt_v + eps)) / den if den > 0 else 1.0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_adam_attenuation_matches_numpy(skip):
+    """optim.adam_attenuation finds Adam's moments under with_lr_schedule (and skip_step) and equals a float64
+    numpy RMS(m̂/(√v̂+ε)) / RMS(m̂/√v̂) per tensor; ε comparable to √v̂ makes it visibly below 1."""
+    cfg = optim_cfg(schedule="constant", lr=1e-3, clip=0.0, **{"skip_step.enabled": skip})
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros((3,))}
+    tx, eps, b1, b2 = optim.make_optimizer(cfg, 10), 1e-3, 0.9, 0.95
+    state = tx.init(params)
+    m, v = ({n: np.zeros(p.shape) for n, p in params.items()} for _ in range(2))
+    for k in range(1, 4):
+        g = {n: rng.normal(size=p.shape) * 10.0 ** rng.uniform(-4, -2, size=p.shape) for n, p in params.items()}
+        g["b"][0] = 0.0 if k == 1 else g["b"][0]
+        for n in g:
+            m[n], v[n] = b1 * m[n] + (1 - b1) * g[n], b2 * v[n] + (1 - b2) * g[n] ** 2
+        _, state = tx.update({n: jnp.asarray(x, jnp.float32) for n, x in g.items()}, state, params, loss=3.0)
+    got = optim.adam_attenuation(state, eps, b1, b2)
+    assert sorted(got) == ["adam_attenuation/b", "adam_attenuation/w"]
+    for n in params:
+        ref = np_attenuation(m[n], v[n], 3, eps, b1, b2)
+        assert ref < 0.99
+        np.testing.assert_allclose(float(got[f"adam_attenuation/{n}"]), ref, rtol=2e-5, err_msg=n)
+    zero = optim.adam_attenuation(tx.init(params), eps, b1, b2)  # count 0, v̂ = 0 everywhere: no attenuation
+    assert all(float(x) == 1.0 for x in zero.values())

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import optim
-from tests.test_optim import optim_cfg
+from test_optim import optim_cfg  # tests/optim/test_optim.py (pytest puts its folder on sys.path)
 
 G = {"g1": jnp.asarray([3.0, 0.0]), "g2": jnp.asarray([0.3, 0.4])}
 

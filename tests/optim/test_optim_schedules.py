@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import optim
-from tests.test_optim import optim_cfg
+from test_optim import optim_cfg  # tests/optim/test_optim.py (pytest puts its folder on sys.path)
 
 SHAPES = {
     "linear": lambda x: 1 - x,
@@ -21,8 +21,11 @@ SHAPES = {
 }
 
 
-def np_levanter(peak, total, cycles=(), warmup=0.0, decay=0.1, rewarmup=0.0, shape="linear", min_lr_ratio=0.1):
-    """float64 reference: a list of (start, f(step − start)) pieces; the last piece started at `step` applies."""
+def np_levanter(
+    peak, total, cycles=(), warmup=0.0, decay=0.1, rewarmup=0.0, shape="linear", min_lr_ratio=0.1, decay_of="cycle"
+):
+    """float64 reference: a list of (start, f(step − start)) pieces; the last piece started at `step` applies.
+    decay_of="budget": a fractional decay is a fraction of the cycle's end step instead of its length."""
 
     def steps(value, n):
         if value <= 1.0:
@@ -35,7 +38,7 @@ def np_levanter(peak, total, cycles=(), warmup=0.0, decay=0.1, rewarmup=0.0, sha
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         n = end - start
         w = steps(warmup if i == 0 else rewarmup, n)
-        d = n - w if decay is None else steps(decay, n)
+        d = n - w if decay is None else steps(decay, end if decay_of == "budget" else n)
         if w:
             pieces.append((start, lambda t, a=ramp_from, w=w: a + (peak - a) * t / w))
         if n - w - d:
@@ -91,12 +94,14 @@ def test_levanter_test_wsds_schedule_spec_3d_check3():
         dict(cycles=(250,), warmup=0.04, decay=50, rewarmup=20, shape="1-sqrt", min_lr_ratio=0.0),
         dict(cycles=(300, 600), warmup=0.1, decay=None, rewarmup=0.05, shape="cosine", min_lr_ratio=0.1),
         dict(cycles=(), warmup=30, decay=0.2, shape="linear", min_lr_ratio=0.1),
+        dict(cycles=(300, 600), warmup=50, decay=0.1, shape="linear", min_lr_ratio=0.1, decay_of="budget"),
+        dict(cycles=(200, 500), warmup=0.1, decay=0.2, rewarmup=10, shape="cosine", min_lr_ratio=0.0, decay_of="budget"),
     ],
 )
 def test_wsd_s_matches_reference_everywhere(args):
     ref = np_levanter(2e-3, 1000, **args)
     ours = optim.wsd_s(2e-3, 1000, args["cycles"], args["warmup"], args["decay"], args.get("rewarmup", 0.0),
-                       args["shape"], args["min_lr_ratio"])  # fmt: skip
+                       args["shape"], args["min_lr_ratio"], args.get("decay_of", "cycle"))  # fmt: skip
     steps = np.arange(0, 1100)
     got = np.asarray(jax.jit(jax.vmap(ours))(steps))
     np.testing.assert_allclose(got, [ref(s) for s in steps], rtol=2e-6, atol=1e-10)
@@ -140,12 +145,63 @@ def test_fraction_or_steps_rule():
         optim.wsd_s(1e-3, 1000, (300,), warmup=1, decay=0.1)
 
 
-def test_wsd_s_decay_ends():
-    assert optim.wsd_s_decay_ends(1000, (300, 600)) == (300, 600, 1000)
-    assert optim.wsd_s_decay_ends(1000) == (1000,)
+def test_cycle_ends():
+    assert optim.cycle_ends(1000, (300, 600)) == (300, 600, 1000)
+    assert optim.cycle_ends(1000) == (1000,)
     for bad in [(600, 300), (0,), (1000,), (2.5,)]:
         with pytest.raises(ValueError, match="cycles must be increasing"):
-            optim.wsd_s_decay_ends(1000, bad)
+            optim.cycle_ends(1000, bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ends"),
+    [
+        ({"schedule": "constant"}, ()),
+        ({"schedule": "warmup_cosine", "decay_steps": 0}, (1000,)),
+        ({"schedule": "warmup_cosine", "decay_steps": 800}, (800,)),
+        ({"schedule": "warmup_cosine", "decay_steps": 1200}, ()),  # the cosine ends after the run
+        ({"schedule": "wsd"}, (1000,)),
+        ({"schedule": "wsd_s", "wsd.cycles": (300, 600)}, (300, 600, 1000)),
+        ({"schedule": "cyclic_cosine", "wsd.cycles": (300, 600)}, (300, 600, 1000)),
+    ],
+)
+def test_decay_ends_are_where_the_lr_reaches_its_minimum(overrides, ends):
+    """`optim.decay_ends` (the SCHEDULES records' metadata) lists the steps e whose last update e − 1 ran at the end
+    of a decay: within 5% of the peak-to-floor range above the floor, and lower than 10 steps earlier. A schedule
+    without decay ends is still far above its floor at the run's last update."""
+    cfg = optim_cfg(lr=1e-3, warmup_steps=50, min_lr=1e-4, **{"wsd.min_lr_ratio": 0.1, **overrides})
+    assert optim.decay_ends(cfg, 1000) == ends
+    lr = np.asarray(jax.vmap(optim.make_schedule(cfg, 1000))(np.arange(1000)), np.float64)
+    floor, peak = 1e-4, 1e-3
+    for e in ends:
+        assert lr[e - 1] - floor < 0.05 * (peak - floor) and lr[e - 1] < lr[e - 11], e
+    if not ends:
+        assert lr[999] - floor > 0.05 * (peak - floor)
+
+
+def test_wsd_s_per_budget_decay_is_the_wsd_decay_of_each_budget():
+    """decay_of="budget": over the decay window before each budget B_k, WSD-S's LR equals a WSD run's of
+    budget B_k step for step (float64 reference of that WSD run), and the window lasts int(0.1·B_k) steps; with
+    Levanter's per-cycle rule it does not (cycle [300, 600) would decay over 30 steps, the 600-step WSD over 60)."""
+    budgets, peak = (300, 600, 1000), 2e-3
+    ours = optim.wsd_s(peak, 1000, budgets[:-1], 50, 0.1, 0.0, "linear", 0.1, decay_of="budget")
+    per_cycle = optim.wsd_s(peak, 1000, budgets[:-1], 50, 0.1, 0.0, "linear", 0.1)
+    for b in budgets:
+        d = int(0.1 * b)
+        window = np.arange(b - d, b)
+        wsd_ref = np_levanter(peak, b, (), 50, 0.1, 0.0, "linear", 0.1)
+        np.testing.assert_allclose(np.asarray(jax.vmap(ours)(window)), [wsd_ref(t) for t in window], rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(jax.vmap(optim.wsd(peak, b, 50, 0.1))(window)), np.asarray(jax.vmap(ours)(window)), rtol=1e-6
+        )
+        assert float(ours(b - d - 1)) == pytest.approx(peak, rel=1e-7)  # the decay starts at b − d, not before
+        if b > budgets[0]:
+            assert float(per_cycle(b - d + 1)) == pytest.approx(peak, rel=1e-7)  # per cycle: still stable here
+            assert float(ours(b - d + 1)) < (1 - 1e-3) * peak
+    with pytest.raises(ValueError, match="must fit"):  # 0.1·600 = 60 steps do not fit in the cycle [550, 600)
+        optim.wsd_s(peak, 1000, (550, 600), 0, 0.1, decay_of="budget")
+    with pytest.raises(ValueError, match="decay_of"):
+        optim.wsd_s(peak, 1000, (300,), decay_of="cycles")
 
 
 def test_schedules_from_config_with_traced_hparams():
@@ -190,3 +246,46 @@ def test_wsd_s_restart_keeps_optimizer_state_spec_3d_check2():
     assert int(adam.count) == 310 and int(state.count) == 310  # not re-initialised at the restart
     sched = optim.make_schedule(cfg, 400)
     assert float(sched(299)) < 2e-3 and float(sched(300)) == pytest.approx(1e-2)
+
+
+def _decay_length(lr: np.ndarray, end: int) -> int:
+    """Steps of the decay that finishes at `end`: the updates before `end` below the LR of the step before them
+    that run back without a rise (a linear decay of d steps from the peak gives d − 1)."""
+    n = 0
+    while end - n - 2 >= 0 and lr[end - n - 1] < lr[end - n - 2]:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpu"])
+def test_wsd_s_study_arms_decay_alike_at_every_budget(preset):
+    """experiments/wsd_s.py (issue 10): read from the study's own sweep configs, every budget has a decayed model
+    in every arm; the WSD-S decay that ends at a budget is as long as the WSD run's of that budget; all arms share
+    the peak LR and warmup. The same check on the study with Levanter's per-cycle rule finds the mismatch."""
+    from experiments import wsd_s
+    from launch import configs
+
+    base_cfg = wsd_s.get_config(preset)
+
+    def arms(cfg):
+        out = {}
+        for trial in wsd_s.get_sweep(preset):
+            c = configs.apply_overrides(cfg, trial)
+            total = int(c.train.steps)
+            lr = np.asarray(jax.vmap(optim.make_schedule(c.optim, total))(np.arange(total)), np.float64)
+            for end in optim.decay_ends(c.optim, total):
+                out.setdefault(c.optim.schedule, {})[end] = (_decay_length(lr, end), lr)
+        return out
+
+    got = arms(base_cfg)
+    budgets = wsd_s.BUDGETS[preset]
+    assert all(sorted(per_budget) == list(budgets) for per_budget in got.values()), got.keys()
+    for b in budgets:
+        assert got["wsd_s"][b][0] == got["wsd"][b][0] > 0, b
+    warmup = int(base_cfg.optim.warmup_steps)
+    starts = {(lr.max(), tuple(lr[:warmup])) for per_budget in got.values() for _, lr in per_budget.values()}
+    assert len(starts) == 1 and warmup > 0
+
+    per_cycle = configs.apply_overrides(base_cfg, {"optim.wsd.decay_of": "cycle"})
+    mismatch = arms(per_cycle)
+    assert any(mismatch["wsd_s"][b][0] != mismatch["wsd"][b][0] for b in budgets)

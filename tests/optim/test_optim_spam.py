@@ -16,7 +16,7 @@ import pytest
 
 import optim
 from optim.spam import reset_warmup_scale
-from tests.test_optim import optim_cfg
+from test_optim import optim_cfg  # tests/optim/test_optim.py (pytest puts its folder on sys.path)
 
 LR = 1e-3
 
