@@ -37,7 +37,6 @@ if "xla_gpu_enable_command_buffer" not in os.environ.get("XLA_FLAGS", ""):  # be
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer=").strip()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402

@@ -11,7 +11,6 @@ the run's `model.softplus.query_chunk` bounds LSSAR's attention memory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax

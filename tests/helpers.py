@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from launch import mesh as mesh_lib, train
+from launch import loop, mesh as mesh_lib, step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,5 +21,5 @@ def run_module(module: str, *args, timeout=240) -> subprocess.CompletedProcess:
 
 def final_params(workdir: Path, cfg):
     """(step, parameters as host numpy arrays) of the newest checkpoint of the run in `workdir`."""
-    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
+    step, state = loop.restore_newest(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
     return step, jax.tree.map(np.asarray, state["params"])

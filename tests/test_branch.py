@@ -12,7 +12,7 @@ import pytest
 
 from experiments import base
 from helpers import run_module
-from launch import branch, configs, mesh as mesh_lib, train
+from launch import branch, configs, loop, mesh as mesh_lib, step as step_lib, train
 
 
 def wsd_cfg(steps: int, **optim_overrides):
@@ -31,12 +31,12 @@ def wsd_cfg(steps: int, **optim_overrides):
 def main_run(tmp_path_factory):
     """The main branch: 60 steps of WSD, whose stable phase (steps < 50) is that of every budget <= 60."""
     workdir = tmp_path_factory.mktemp("main")
-    train.train(wsd_cfg(60), workdir, verbose=False)
+    loop.train(wsd_cfg(60), workdir, verbose=False)
     return workdir
 
 
 def newest_state(workdir, cfg):
-    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
+    step, state = loop.restore_newest(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
     return step, jax.device_get(state)
 
 
@@ -63,7 +63,7 @@ def test_a_branch_equals_an_independent_wsd_run_of_its_budget(main_run, tmp_path
     recorded = json.loads((forked / "config.json").read_text())
     assert (recorded["optim.schedule"], recorded["train.steps"]) == ("wsd", 40)
 
-    summary = train.train(wsd_cfg(40), independent, verbose=False)
+    summary = loop.train(wsd_cfg(40), independent, verbose=False)
     assert_same_run(forked, independent, wsd_cfg(40))  # step for step: the main run's rows up to 30, then the decay
     got = json.loads((forked / "summary.json").read_text())
     assert (got["final_loss"], got["eval_loss"], got["steps"]) == (summary["final_loss"], summary["eval_loss"], 40)

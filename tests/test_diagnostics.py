@@ -15,7 +15,7 @@ from flax import nnx
 
 import optim
 from experiments import attention_logit_growth, base
-from launch import configs, mesh as mesh_lib, train
+from launch import configs, loop, mesh as mesh_lib, step as step_lib, train
 from models import probes
 
 
@@ -23,7 +23,7 @@ def small_program(**model_overrides):
     cfg = base.get_config("tiny")
     cfg.model.update(dtype="float32", vocab_size=96, **model_overrides)
     cfg.data.update(batch_size=4, seq_len=16)
-    return cfg, train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+    return cfg, step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
 
 
 def attenuation_ref(mu, nu, count, b1, b2, eps):
@@ -45,7 +45,7 @@ def test_adam_attenuation_constant_gradient(r, eps, expected):
     grads = jax.tree.map(lambda p: jnp.full_like(p, r), params)
     for _ in range(30):
         _, state = tx.update(grads, state, params)
-    out = train.adam_attenuation(state, eps, cfg.b1, cfg.b2)
+    out = optim.adam_attenuation(state, eps, cfg.b1, cfg.b2)
     assert set(out) == {"adam_attenuation/w", "adam_attenuation/b"}
     for v in out.values():
         assert float(v) == pytest.approx(expected, rel=1e-4)
@@ -58,10 +58,10 @@ def test_adam_attenuation_matches_reference_on_random_moments():
     nu[0, :3] = 0.0  # entries never updated
     mu[0, :3] = 0.0
     state = optax_state(mu, nu, count=7)
-    got = float(train.adam_attenuation(state, 1e-8, 0.9, 0.95)["adam_attenuation/x"])
+    got = float(optim.adam_attenuation(state, 1e-8, 0.9, 0.95)["adam_attenuation/x"])
     assert got == pytest.approx(attenuation_ref(mu, nu, 7, 0.9, 0.95, 1e-8), rel=1e-5)
     empty = optax_state(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), count=3)
-    assert float(train.adam_attenuation(empty, 1e-8, 0.9, 0.95)["adam_attenuation/x"]) == 1.0
+    assert float(optim.adam_attenuation(empty, 1e-8, 0.9, 0.95)["adam_attenuation/x"]) == 1.0
 
 
 def optax_state(mu, nu, count):
@@ -77,7 +77,7 @@ def test_diagnose_values_and_documented_names():
     state = jax.jit(prog.init)()
     rng = np.random.default_rng(1)
     batch = rng.integers(0, 40, (4, 17)).astype(np.int32)  # ids 40..95 never appear: their rows are "unseen"
-    hp = train.hparams_array(cfg)
+    hp = step_lib.hparams_array(cfg)
     out = jax.device_get(jax.jit(prog.diagnose)(state, jnp.asarray(batch), hp))
     E = np.asarray(state["params"]["embed"]["embedding"], np.float64)
     tev_rows = E.std(-1)
@@ -117,7 +117,7 @@ def _instability_run(tmp_path, qk_norm: bool):
         "train.steps": 30, "train.eval_every": 30, "train.ckpt_every": 0, "train.eval_batches": 1,
     })
     workdir = tmp_path / ("qk" if qk_norm else "no_qk")
-    summary = train.train(cfg, workdir)
+    summary = loop.train(cfg, workdir)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     diag = [r for r in rows if "attn_max_logit/layer_0" in r]
     logit = np.array([max(r[f"attn_max_logit/layer_{i}"] for i in range(2)) for r in diag])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import base, class_imbalance, weight_decay_fairness
-from launch import configs, report, sweep, train
+from launch import configs, evaluation, loop, report, sweep, train
 from launch.report import buckets
 
 # ---- per-bucket eval losses: batched executor == local, and the spec §2(d) known answer -------------------------
@@ -35,7 +35,7 @@ def micro_config(**overrides):
 
 def bucket_rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if train.BUCKET_METRICS[0] in r]
+    return [r for r in rows if evaluation.BUCKET_METRICS[0] in r]
 
 
 def test_batched_sweep_bucket_losses_equal_local_runs_and_get_plotted(tmp_path):
@@ -50,7 +50,7 @@ def test_batched_sweep_bucket_losses_equal_local_runs_and_get_plotted(tmp_path):
         a, b = bucket_rows(tmp_path / "local/trials" / row["id"]), bucket_rows(tmp_path / "batched/trials" / row["id"])
         assert [r["step"] for r in a] == [r["step"] for r in b] == [10, 20]
         for ra, rb in zip(a, b):
-            for key in train.BUCKET_METRICS:
+            for key in evaluation.BUCKET_METRICS:
                 assert len(ra[key]) == 4
                 np.testing.assert_allclose(np.array(rb[key], float), np.array(ra[key], float), rtol=2e-5, err_msg=key)
     out = tmp_path / "batched/report"
@@ -80,7 +80,7 @@ def test_unigram_predictor_bucket_losses_known_answer_spec_2d():
     Σ_{v∈b} n_v·(−log(n_v/N)) / Σ_{v∈b} n_v, rare buckets highest, and the count-weighted mean of the buckets must
     be the overall eval loss (train.evaluate_loss)."""
     cfg = micro_config(**{"model.n_layers": 2, "train.eval_batches": 4})
-    rt = train.make_runtime(cfg)
+    rt = loop.Runtime(cfg)
     targets = np.concatenate([rt.source.batch(i, split="eval")[:, 1:].ravel() for i in range(cfg.train.eval_batches)])
     n_V = np.bincount(targets, minlength=cfg.model.vocab_size)
     log_p_V = np.log(np.maximum(n_V, 1e-30) / n_V.sum())  # unseen ids get ~0 probability, never a target
@@ -89,9 +89,9 @@ def test_unigram_predictor_bucket_losses_known_answer_spec_2d():
     np.testing.assert_allclose(eval_loss, -(n_V * np.where(n_V > 0, log_p_V, 0)).sum() / n_V.sum(), rtol=1e-5)
     eval_buckets = jax.jit(rt.prog.eval_buckets)
     for counts in (n_V, rt.source.token_counts()):  # buckets by the same split's counts, and by the train split's
-        table = train.frequency_buckets(counts, cfg.train.freq_buckets)
+        table = evaluation.frequency_buckets(counts, cfg.train.freq_buckets)
         got = train.evaluate_buckets(eval_buckets, state, rt.source, cfg, rt.mesh, table)
-        for key, ids_V in zip(train.BUCKET_METRICS, table):
+        for key, ids_V in zip(evaluation.BUCKET_METRICS, table):
             n_b = np.bincount(ids_V, weights=n_V, minlength=cfg.train.freq_buckets)
             with np.errstate(invalid="ignore"):  # NaN for a bucket without eval targets, as the eval reports it
                 expected = np.bincount(ids_V, weights=n_V * -np.where(n_V > 0, log_p_V, 0), minlength=len(n_b)) / n_b
@@ -111,11 +111,11 @@ def fake_trial(workdir: Path, overrides: dict, final_NxK: list | None, diverged:
     run = workdir / "trials" / tid
     configs.claim_workdir(micro_config(**overrides), run)  # writes config.json
     evals = [{"step": 0, "eval_loss": 4.2}] + [
-        {"step": s, "eval_loss": 3.0, **{k: [2.0 + b / s for b in range(3)] for k in train.BUCKET_METRICS}}
+        {"step": s, "eval_loss": 3.0, **{k: [2.0 + b / s for b in range(3)] for k in evaluation.BUCKET_METRICS}}
         for s in (10, 20)
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
-    buckets = {} if final_NxK is None else dict(zip(train.BUCKET_METRICS, final_NxK))
+    buckets = {} if final_NxK is None else dict(zip(evaluation.BUCKET_METRICS, final_NxK))
     return dict(id=tid, overrides=overrides, lr=overrides.get("optim.lr", 1e-2), diverged=diverged,
                 diverged_at_step=15 if diverged else None, eval_loss=None if diverged else 3.0, final_loss=3.1,
                 initial_loss=4.2, n_params=1000, wall_seconds=1.0, **buckets)

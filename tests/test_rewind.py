@@ -24,7 +24,7 @@ import pytest
 
 from experiments import base
 from helpers import REPO, run_module
-from launch import configs, mesh as mesh_lib, train
+from launch import configs, loop, mesh as mesh_lib, rewind, step as step_lib, train
 
 OVERRIDES = {
     "model.vocab_size": 128,
@@ -64,7 +64,7 @@ def rows(workdir):
 
 
 def newest_state(workdir, cfg):
-    step, state = train.restore_newest(train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
+    step, state = loop.restore_newest(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
     return step, jax.device_get(state)
 
 
@@ -74,8 +74,8 @@ def assert_trees_equal(a, b):
 
 def test_a_spike_rewinds_to_an_earlier_checkpoint_and_skips_the_bad_batches(tmp_path):
     cfg = rewind_cfg(**{"train.progress": False})
-    rt = train.make_runtime(cfg)
-    summary = train.train(cfg, tmp_path, rt, verbose=False)
+    rt = loop.Runtime(cfg)
+    summary = loop.train(cfg, tmp_path, rt=rt, verbose=False)
 
     # the CE of step 52 (after batch 51) spikes, seen at log step 55; the newest checkpoint <= 52 - 10 is step 40
     assert not summary["diverged"] and summary["steps"] == 70
@@ -90,7 +90,7 @@ def test_a_spike_rewinds_to_an_earlier_checkpoint_and_skips_the_bad_batches(tmp_
     assert step == 70 and int(final["data_offset"]) == 20
 
     # the same steps by hand: batches 0..39, then batch t + 20 for step t from the restored step 40 on
-    hparams, state = train.hparams_array(cfg), train.fresh_state(rt, cfg)
+    hparams, state = step_lib.hparams_array(cfg), train.fresh_state(rt, cfg)
     for t in range(70):
         if t == 40:
             state["data_offset"] = jnp.asarray(20, jnp.int32)
@@ -102,7 +102,7 @@ def test_a_spike_rewinds_to_an_earlier_checkpoint_and_skips_the_bad_batches(tmp_
 def test_a_run_that_keeps_spiking_stops_rewinding_after_max_rewinds_and_then_diverges(tmp_path):
     """Skipping only 3 batches, step t + 3 (then t + 6) reads the bad batch 51 again, before the restored step."""
     cfg = rewind_cfg(**{"train.progress": False, "train.rewind.skip_batches": 3, "train.rewind.max_rewinds": 2})
-    summary = train.train(cfg, tmp_path, verbose=False)
+    summary = loop.train(cfg, tmp_path, verbose=False)
     assert summary["rewinds"] == [
         {"detected_at": 52, "restored_step": 40, "data_offset": 3},
         {"detected_at": 49, "restored_step": 30, "data_offset": 6},  # 30: the newest checkpoint <= 49 - 10
@@ -129,7 +129,7 @@ def test_kill_after_a_rewind_and_resume_equals_the_uninterrupted_run(tmp_path):
     the resume replays the spike and the rewind), then again later; the end is bitwise the uninterrupted run's."""
     cfg = rewind_cfg()
     full, killed = tmp_path / "full", tmp_path / "killed"
-    expected = train.train(cfg, full, verbose=False)
+    expected = loop.train(cfg, full, verbose=False)
 
     args = ["--config=experiments/base.py:tiny", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
     _run_until(args, killed, "rewind")
@@ -149,7 +149,7 @@ def test_kill_after_a_rewind_and_resume_equals_the_uninterrupted_run(tmp_path):
 
 def feed(values, window=128):
     """The rewind's spike test after `values` (optim.skip_step's statistic on the CE alone)."""
-    detector = train.spike_detector(ml_collections.ConfigDict(dict(window=window, sigma=6.0)))
+    detector = step_lib.spike_detector(ml_collections.ConfigDict(dict(window=window, sigma=6.0)))
     update = jax.jit(lambda state, ce: detector.update((), state, loss=ce)[1])
     state = detector.init(())
     for v in values:
@@ -179,7 +179,7 @@ def test_spike_test_matches_the_spec_numbers():
     ],
 )
 def test_rewind_step(steps, spike, back, expected):
-    assert train.rewind_step(steps, spike, back) == expected
+    assert rewind.rewind_step(steps, spike, back) == expected
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 
 from experiments import base, small_scale_proxies, sweeps
 from helpers import REPO, final_params, run_module
-from launch import configs, mesh as mesh_lib, records, sweep, train
+from launch import configs, loop, mesh as mesh_lib, records, step as step_lib, sweep, train
 
 
 # A study small enough for seconds per trial on CPU; float32 so batched members equal standalone runs.
@@ -186,11 +186,11 @@ def test_diverged_member_does_not_change_the_others(batched_sweep, tmp_path):
 def test_a_diverged_member_is_frozen():
     """A dead member keeps its state exactly while the others train; the divergence rule kills members in-program."""
     cfg = study_config()
-    rt = train.make_runtime(cfg)
+    rt = loop.Runtime(cfg)
     bp = sweep.batched_program(rt.prog, 2)
     states = bp.broadcast(rt.init())
     start = jax.tree.map(np.asarray, states)
-    hparams = {k: jnp.stack([v, v]) for k, v in train.hparams_array(cfg).items()}
+    hparams = {k: jnp.stack([v, v]) for k, v in step_lib.hparams_array(cfg).items()}
     batches = [mesh_lib.global_batch(rt.mesh, rt.source.batch(step)) for step in range(3)]
     alive = jnp.array([True, False])
     for batch in batches:
@@ -215,7 +215,7 @@ import test_sweep as ts
 from launch import sweep, train
 
 cfg = ts.study_config()  # mesh.data = -1: both devices; 2 members shard over `data`
-bp = sweep.batched_program(train.make_runtime(cfg).prog, 2)
+bp = sweep.batched_program(loop.Runtime(cfg).prog, 2)
 print("MEMBER", bp.member.spec)
 rows = sweep.run_sweep(cfg, json.loads(sys.argv[1]), sys.argv[2], "batched")
 print("ROWS", json.dumps(rows))

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import base
 from helpers import REPO, final_params, run_module
-from launch import configs, train
+from launch import configs, loop, step as step_lib, train
 
 
 def synthetic_cfg(**train_overrides):
@@ -33,7 +33,7 @@ def run_cli(*args, timeout=240):
 
 def test_tiny_run_learns_on_synthetic(tmp_path):
     cfg = synthetic_cfg()
-    summary = train.train(cfg, tmp_path)
+    summary = loop.train(cfg, tmp_path)
     assert not summary["diverged"]
     assert summary["initial_loss"] == pytest.approx(math.log(cfg.model.vocab_size), abs=0.6)
     assert summary["eval_loss"] < summary["initial_loss"] - 0.5
@@ -43,10 +43,10 @@ def test_tiny_run_learns_on_synthetic(tmp_path):
         assert (tmp_path / f).exists()
     assert list((tmp_path / "tb").iterdir()), "no TensorBoard event file"
     # rerunning a finished run does nothing and returns the same summary
-    assert train.train(cfg, tmp_path)["eval_loss"] == summary["eval_loss"]
+    assert loop.train(cfg, tmp_path)["eval_loss"] == summary["eval_loss"]
     # a kill between the final checkpoint and summary.json: the rerun recovers the same end numbers
     (tmp_path / "summary.json").unlink()
-    again = train.train(cfg, tmp_path)
+    again = loop.train(cfg, tmp_path)
     assert (again["final_loss"], again["eval_loss"]) == (summary["final_loss"], summary["eval_loss"])
 
 
@@ -54,7 +54,7 @@ def test_too_high_lr_is_recorded_as_diverged(tmp_path):
     cfg = synthetic_cfg()
     cfg.optim.update(lr=30.0, warmup_steps=0, clip=0.0)
     cfg.loss.z_loss = 0.0
-    summary = train.train(cfg, tmp_path)
+    summary = loop.train(cfg, tmp_path)
     assert summary["diverged"] is True
     assert 1 <= summary["diverged_at_step"] <= cfg.train.steps
     assert json.loads((tmp_path / "summary.json").read_text())["diverged"] is True
@@ -143,11 +143,11 @@ for name, shape in {"single": (1, 1, 1), "sharded": (2, 2, 2)}.items():
     cfg.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
     devices = jax.devices()[: shape[0] * shape[1] * shape[2]]
     mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-    prog = train.build_program(cfg, mesh)
+    prog = step_lib.build_program(cfg, mesh)
     init, step, _, _ = train.jit_program(prog)
     state = init()
     batch = mesh_lib.global_batch(mesh, batch_for(cfg))
-    state, m = step(state, batch, train.hparams_array(cfg))
+    state, m = step(state, batch, step_lib.hparams_array(cfg))
     results[name] = (float(m["loss"]), jax.tree.map(np.asarray, state["params"]))
     kernel = state["params"]["blocks"][0]["mlp"]["fc1"]["kernel"]
     print(name, kernel.sharding.spec, flush=True)

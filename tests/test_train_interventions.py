@@ -13,7 +13,7 @@ import pytest
 
 import optim
 from experiments import base
-from launch import checkpoint, mesh as mesh_lib, train
+from launch import checkpoint, evaluation, loop, mesh as mesh_lib, step as step_lib
 
 
 def small_cfg(**train_overrides):
@@ -33,7 +33,7 @@ def rows(workdir):
 def restore(directory, cfg, step):
     """The train state saved at `step` in the checkpoint `directory`, as host numpy arrays."""
     ckpt = checkpoint.Checkpointer(directory, keep=None)
-    state = ckpt.restore(step, train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)).abstract_state())
+    state = ckpt.restore(step, step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)).abstract_state())
     ckpt.close()
     return jax.device_get(state)
 
@@ -50,8 +50,8 @@ def test_injected_spike_is_skipped_and_leaves_params_and_optimizer_state_unchang
     spike = 20
     cfg = small_cfg(steps=30, log_every=1, eval_every=0, spike_at_step=spike)
     cfg.optim.skip_step.update(enabled=True, window=16)  # armed after 7 previous steps (OLMo-core warm-up rule)
-    rt = train.make_runtime(cfg)
-    hparams = train.hparams_array(cfg)
+    rt = loop.Runtime(cfg)
+    hparams = step_lib.hparams_array(cfg)
     state = rt.init()
     for step in range(spike - 1):
         state, _ = rt.step(state, mesh_lib.global_batch(rt.mesh, rt.source.batch(step)), hparams)
@@ -64,7 +64,7 @@ def test_injected_spike_is_skipped_and_leaves_params_and_optimizer_state_unchang
     assert_trees_equal(inner(after), inner(before))
     assert int(after["step"]) == spike
 
-    summary = train.train(cfg, tmp_path, rt, verbose=False)
+    summary = loop.train(cfg, tmp_path, rt=rt, verbose=False)
     assert not summary["diverged"]
     skipped = [r["step"] for r in rows(tmp_path) if r.get("skipped")]
     assert skipped == [spike]
@@ -76,7 +76,7 @@ def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count
     cfg.optim.update(schedule="wsd_s", warmup_steps=5)
     cfg.optim.wsd.update(cycles=(20,), decay=0.25)
     a, b = tmp_path / "a", tmp_path / "b"
-    train.train(cfg, a, verbose=False)
+    loop.train(cfg, a, verbose=False)
     assert sorted(int(p.name) for p in (a / "decayed").iterdir() if p.name.isdigit()) == [20, 40]
     assert [r["step"] for r in rows(a) if "decayed_eval_loss" in r] == [20, 40]
     mid, end = restore(a / "decayed", cfg, 20), restore(a / "checkpoints", cfg, 40)
@@ -91,7 +91,7 @@ def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count
     (b / "summary.json").unlink()
     shutil.copytree(b / "decayed" / "20", b / "checkpoints" / "20")
     capsys.readouterr()
-    train.train(cfg, b)
+    loop.train(cfg, b)
     assert f"resuming {b} from step 20" in capsys.readouterr().out
     assert_trees_equal(restore(b / "checkpoints", cfg, 40), end)
     assert_trees_equal(restore(b / "decayed", cfg, 40), end)
@@ -108,19 +108,19 @@ def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count
     ],
 )
 def test_frequency_buckets_match_hand_computation(counts, n, rank, mass):
-    table = train.frequency_buckets(np.array(counts), n)
+    table = evaluation.frequency_buckets(np.array(counts), n)
     assert table.tolist() == [rank, mass]
 
 
 def test_bucketed_eval_loss_averages_to_the_eval_loss(tmp_path):
     cfg = small_cfg(steps=20, eval_every=10, freq_buckets=4)
-    rt = train.make_runtime(cfg)
-    summary = train.train(cfg, tmp_path, rt, verbose=False)
-    table = train.frequency_buckets(rt.source.token_counts(), 4)
+    rt = loop.Runtime(cfg)
+    summary = loop.train(cfg, tmp_path, rt=rt, verbose=False)
+    table = evaluation.frequency_buckets(rt.source.token_counts(), 4)
     targets = np.concatenate([rt.source.batch(i, split="eval")[:, 1:].ravel() for i in range(cfg.train.eval_batches)])
     evals = [r for r in rows(tmp_path) if r["step"] > 0 and "eval_loss" in r]
     assert [r["step"] for r in evals] == [10, 20]
-    for key, ids in zip(train.BUCKET_METRICS, table):
+    for key, ids in zip(evaluation.BUCKET_METRICS, table):
         n_b = np.bincount(ids[targets], minlength=4)
         for row in (*evals, summary):
             loss_b = np.array([np.nan if v is None else v for v in row[key]])

@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks import flops, throughput
 from experiments import base
-from launch import mesh as mesh_lib, train
+from launch import mesh as mesh_lib, step as step_lib
 
 
 def test_mfu_of_the_151m_ladder_config_matches_a_hand_computation_with_both_peaks():
@@ -51,7 +51,7 @@ def test_local_heads_cost_attention_flops_in_proportion_to_their_window():
 
 def test_throughput_counts_kernels_and_the_head_but_not_the_embedding_or_norm_scales():
     cfg = base.get_config("tiny")  # d 64, L 2, V 512, untied head, qk-norm off
-    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
+    prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
     params = jax.eval_shape(prog.init)["params"]
     d, L, V = cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size
     assert throughput.matmul_params(cfg, params) == L * 12 * d * d + V * d

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from experiments import base
-from launch import configs, memory, mesh as mesh_lib, train
+from launch import configs, memory, mesh as mesh_lib, step as step_lib, train
 from models import transformer
 from optim import HPARAM_KEYS
 
@@ -40,12 +40,12 @@ def test_n_params_equals_the_model(overrides):
 
 def xla_bytes(cfg) -> dict[str, int]:
     """temp + argument bytes of XLA's compiled train step (state donated) and eval step, on CPU."""
-    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+    prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
     state = jax.eval_shape(prog.init)
     batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
     out = {}
     for name, fn, args, donate in (
-        ("train_step", prog.train_step, (state, batch, train.hparams_array(cfg)), (0,)),
+        ("train_step", prog.train_step, (state, batch, step_lib.hparams_array(cfg)), (0,)),
         ("eval_step", prog.eval_step, (state, batch), ()),
     ):
         ma = jax.jit(fn, donate_argnums=donate).lower(*args).compile().memory_analysis()

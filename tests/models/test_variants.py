@@ -19,7 +19,7 @@ from flax import nnx
 
 import optim
 from experiments import base
-from launch import configs, mesh as mesh_lib, train
+from launch import configs, loop, mesh as mesh_lib, step as step_lib, train
 from models import attention, layers, transformer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -333,11 +333,11 @@ def test_sigma_reparam_state_is_carried_by_the_train_step():
     cfg.model.update(dtype="float32", sigma_reparam=True, vocab_size=64)
     cfg.data.update(batch_size=4, seq_len=16)
     cfg.optim.update(lr=3e-3, warmup_steps=0)
-    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+    prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
     state = jax.jit(prog.init)()
     init_rest = jax.tree.map(np.asarray, state["rest"])
     step = jax.jit(prog.train_step)
-    hp = train.hparams_array(cfg)
+    hp = step_lib.hparams_array(cfg)
     rng = np.random.default_rng(0)
     diagnose = jax.jit(prog.diagnose)
     # at init σ is exact (u comes from an SVD) and γ0 = σ(W0): γ/σ = 1 for every σReparam layer
@@ -535,9 +535,9 @@ def test_variants_off_leave_the_baseline_program_unchanged(dtype):
     assert not jax.tree.leaves(rest)  # no power-iteration state, nothing but parameters
     assert not any(isinstance(m, layers.SigmaReparamLinear) for _, m in nnx.iter_graph(model))
     fwd = jax.make_jaxpr(lambda p, t: nnx.merge(graphdef, p, rest)(t)[0])(params, jnp.zeros((2, 16), jnp.int32))
-    prog = train.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+    prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
     step = jax.make_jaxpr(prog.train_step)(
-        jax.eval_shape(prog.init), jax.ShapeDtypeStruct((2, 17), jnp.int32), train.hparams_array(cfg)
+        jax.eval_shape(prog.init), jax.ShapeDtypeStruct((2, 17), jnp.int32), step_lib.hparams_array(cfg)
     )
     fwd_prims, step_prims = _primitives(fwd.jaxpr), _primitives(step.jaxpr)
     assert not (set(fwd_prims) | set(step_prims)) & {"svd", "while", "scan"}
@@ -609,7 +609,7 @@ def trained_runs(tmp_path_factory):
                 "model.init": "fan_in", **overrides,
             })
             workdir = tmp_path_factory.mktemp(name)
-            runs[name] = (workdir, cfg, train.train(cfg, workdir))
+            runs[name] = (workdir, cfg, loop.train(cfg, workdir))
         return runs[name]
 
     return get
@@ -690,10 +690,10 @@ for name, overrides in VARIANTS.items():
     for mode, shape in {"single": (1, 1, 1), "sharded": (2, 2, 2)}.items():
         cfg.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
-        prog = train.build_program(cfg, mesh)
+        prog = step_lib.build_program(cfg, mesh)
         init, step, _, _ = train.jit_program(prog)
         state = init()
-        state, m = step(state, mesh_lib.global_batch(mesh, batch_np), train.hparams_array(cfg))
+        state, m = step(state, mesh_lib.global_batch(mesh, batch_np), step_lib.hparams_array(cfg))
         results[mode] = (float(m["loss"]), jax.tree.map(np.asarray, {k: state[k] for k in ("params", "rest")}))
     (l1, s1), (l8, s8) = results["single"], results["sharded"]
     assert abs(l1 - l8) < 1e-5, (name, l1, l8)
