@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import base, small_scale_proxies, sweeps
 from helpers import REPO, final_params, run_module
-from launch import configs, loop, mesh as mesh_lib, records, step as step_lib, sweep, train
+from launch import configs, loop, records, step as step_lib, sweep
 
 
 # A study small enough for seconds per trial on CPU; float32 so batched members equal standalone runs.
@@ -28,6 +27,7 @@ STUDY = {
     "optim.warmup_steps": 5,
     "train.steps": 20, "train.log_every": 5, "train.eval_every": 10, "train.eval_batches": 2, "train.ckpt_every": 10,
     "train.diag_every": 10, "train.progress": False,
+    "train.divergence_margin": 1.0,  # the early-stopping rule (CE above l0 + 1; off by default): TOO_HIGH_LR diverges
 }
 TOO_HIGH_LR = 30.0
 SWEEP = sweeps.product(**{"model.qk_norm": [False, True]}, lr=[1e-3, 1e-2, TOO_HIGH_LR])
@@ -187,36 +187,40 @@ def test_a_diverged_member_is_frozen():
     """A dead member keeps its state exactly while the others train; the divergence rule kills members in-program."""
     cfg = study_config()
     rt = loop.Runtime(cfg)
-    bp = sweep.batched_program(rt.prog, 2)
-    states = bp.broadcast(rt.init())
-    start = jax.tree.map(np.asarray, states)
-    hparams = {k: jnp.stack([v, v]) for k, v in step_lib.hparams_array(cfg).items()}
-    batches = [mesh_lib.global_batch(rt.mesh, rt.source.batch(step)) for step in range(3)]
-    alive = jnp.array([True, False])
+    group, gdata = rt.group(2, shared_batch=True), loop.GroupData(rt, [cfg.train.seed] * 2)
+    on_members = lambda x: jax.device_put(np.asarray(x), group.member_sharding)
+    host = lambda tree: jax.tree.map(np.array, jax.device_get(tree))  # copies: the step donates its input
+    states = group.freeze(loop.fresh_states(group, gdata, [cfg, cfg]), on_members([True, False]))
+    start = host(states)
+    hparams = step_lib.stacked_hparams(group, [cfg, cfg])
+    batches = [gdata.train_batch(step) for step in range(3)]
     for batch in batches:
-        states, alive, _ = bp.step(states, batch, hparams, alive, jnp.float32(100.0))
-    assert np.asarray(alive).tolist() == [True, False]
-    moved = jax.tree.map(lambda a, b: bool((a[0] != np.asarray(b)[0]).any()), start["params"], states["params"])
+        states, _ = group.step(states, batch, hparams)
+    assert host(states["alive"]).tolist() == [True, False]
+    moved = jax.tree.map(lambda a, b: bool((a[0] != b[0]).any()), start["params"], host(states["params"]))
     assert any(jax.tree.leaves(moved))
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], np.asarray(b)[1]), start, states)
-    # a CE above the threshold (here: any CE) kills the member in the step that sees it, before it updates
-    after = jax.tree.map(np.asarray, states)
-    states, alive, _ = bp.step(states, batches[0], hparams, jnp.array([True, True]), jnp.float32(-1.0))
-    assert not np.asarray(alive).any()
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), after, states)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b[1]), start, host(states))
+    # a CE above the threshold (here: any CE, with l0 + margin = -9) kills the member in the step that sees it,
+    # before it updates
+    states = group.set_initial_loss(states, on_members(np.full([2], -10.0, np.float32)))
+    after = host(states)
+    states, _ = group.step(states, batches[0], hparams)
+    got = host(states)
+    assert not got["alive"].any()
+    jax.tree.map(np.testing.assert_array_equal, after, dict(got, alive=after["alive"]))
 
 
 SHARDED_SCRIPT = r"""
 import json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax
-sys.path.insert(0, "tests")
+sys.path[:0] = ["tests", "tests/launch"]
 import test_sweep as ts
-from launch import sweep, train
+from launch import loop, sweep
 
 cfg = ts.study_config()  # mesh.data = -1: both devices; 2 members shard over `data`
-bp = sweep.batched_program(loop.Runtime(cfg).prog, 2)
-print("MEMBER", bp.member.spec)
+group = loop.Runtime(cfg).group(2, shared_batch=True)
+print("MEMBER", group.member_sharding.spec)
 rows = sweep.run_sweep(cfg, json.loads(sys.argv[1]), sys.argv[2], "batched")
 print("ROWS", json.dumps(rows))
 """
@@ -258,7 +262,7 @@ def test_killed_sweep_reruns_every_trial_exactly_once(tmp_path, executor):
 
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{n_before} already finished" in rerun.stdout
+    assert f"{n_before} already finished" in rerun.stderr  # absl logging
     ids = [json.loads(l)["id"] for l in results.read_text().splitlines()]
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
     assert all(not r["diverged"] and math.isfinite(r["eval_loss"]) for r in records.read_results(results))
@@ -275,7 +279,7 @@ def test_two_shards_started_together_share_one_sweep_directory(tmp_path):
     ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
-    assert all("2 trials (shard" in o for o, _ in outs)
+    assert all("2 trials (shard" in e for _, e in outs)  # absl logging on stderr
     ids = [json.loads(l)["id"] for l in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
 

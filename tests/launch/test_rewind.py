@@ -24,7 +24,7 @@ import pytest
 
 from experiments import base
 from helpers import REPO, run_module
-from launch import configs, loop, mesh as mesh_lib, rewind, step as step_lib, train
+from launch import configs, loop, mesh as mesh_lib, rewind, step as step_lib
 
 OVERRIDES = {
     "model.vocab_size": 128,
@@ -90,34 +90,37 @@ def test_a_spike_rewinds_to_an_earlier_checkpoint_and_skips_the_bad_batches(tmp_
     assert step == 70 and int(final["data_offset"]) == 20
 
     # the same steps by hand: batches 0..39, then batch t + 20 for step t from the restored step 40 on
-    hparams, state = step_lib.hparams_array(cfg), train.fresh_state(rt, cfg)
+    group, gdata = rt.group(1, shared_batch=True), loop.GroupData(rt, [cfg.train.seed])
+    hparams, states = step_lib.stacked_hparams(group, [cfg]), loop.fresh_states(group, gdata, [cfg])
     for t in range(70):
         if t == 40:
-            state["data_offset"] = jnp.asarray(20, jnp.int32)
-        batch = rt.source.batch(t + int(state["data_offset"]))
-        state, _ = rt.step(state, mesh_lib.global_batch(rt.mesh, batch), hparams)
-    assert_trees_equal(jax.device_get(state), final)
+            states = dict(states, data_offset=jax.device_put(np.array([20], np.int32), group.member_sharding))
+        offset = int(jax.device_get(states["data_offset"])[0])
+        states, _ = group.step(states, gdata.train_batch(t + offset), hparams)
+    assert_trees_equal(jax.device_get(group.member(states, 0)), final)
 
 
 def test_a_run_that_keeps_spiking_stops_rewinding_after_max_rewinds_and_then_diverges(tmp_path):
     """Skipping only 3 batches, step t + 3 (then t + 6) reads the bad batch 51 again, before the restored step."""
-    cfg = rewind_cfg(**{"train.progress": False, "train.rewind.skip_batches": 3, "train.rewind.max_rewinds": 2})
+    cfg = rewind_cfg(**{"train.progress": False, "train.rewind.skip_batches": 3, "train.rewind.max_rewinds": 2,
+                        "train.divergence_margin": 1.0})  # the early-stopping rule (CE above l0 + 1); off by default
     summary = loop.train(cfg, tmp_path, verbose=False)
     assert summary["rewinds"] == [
         {"detected_at": 52, "restored_step": 40, "data_offset": 3},
         {"detected_at": 49, "restored_step": 30, "data_offset": 6},  # 30: the newest checkpoint <= 49 - 10
     ]
-    assert summary["diverged"] and summary["diverged_at_step"] == 46  # the ordinary divergence rule
+    assert summary["diverged"] and summary["diverged_at_step"] == 46  # the divergence rule (margin 1)
 
 
 def _run_until(args, workdir, prefix: str):
-    """Starts `launch.train args --workdir`, kills it (-9) at the first output line starting with `prefix`."""
+    """Starts `launch.train args --workdir`, kills it (-9) at the first log line (absl, on stderr) whose message
+    starts with `prefix`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.train", *args, f"--workdir={workdir}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     for line in proc.stdout:
-        if line.startswith(prefix):
+        if line.partition("] ")[2].startswith(prefix):  # the message after absl's "I... file.py:N] " prefix
             os.kill(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=60)
@@ -136,7 +139,7 @@ def test_kill_after_a_rewind_and_resume_equals_the_uninterrupted_run(tmp_path):
     _run_until(args, killed, "step      60/70")
     resumed = run_module("launch.train", *args, f"--workdir={killed}")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    assert "resuming from step" in resumed.stderr
 
     step_a, state_a = newest_state(full, cfg)
     step_b, state_b = newest_state(killed, cfg)

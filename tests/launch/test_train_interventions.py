@@ -4,6 +4,7 @@ WSD-S decay-end checkpoints (§3), and eval loss per token-frequency bucket (§2
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import jax
@@ -51,16 +52,20 @@ def test_injected_spike_is_skipped_and_leaves_params_and_optimizer_state_unchang
     cfg = small_cfg(steps=30, log_every=1, eval_every=0, spike_at_step=spike)
     cfg.optim.skip_step.update(enabled=True, window=16)  # armed after 7 previous steps (OLMo-core warm-up rule)
     rt = loop.Runtime(cfg)
-    hparams = step_lib.hparams_array(cfg)
-    state = rt.init()
+    group, gdata = rt.group(1, shared_batch=True), loop.GroupData(rt, [cfg.train.seed])
+    hparams = step_lib.stacked_hparams(group, [cfg])
+    states = loop.fresh_states(group, gdata, [cfg])
     for step in range(spike - 1):
-        state, _ = rt.step(state, mesh_lib.global_batch(rt.mesh, rt.source.batch(step)), hparams)
-    before = jax.device_get(state)
-    state, m = rt.step(state, mesh_lib.global_batch(rt.mesh, rt.source.batch(spike - 1)), hparams)
-    after = jax.device_get(state)
+        states, _ = group.step(states, gdata.train_batch(step), hparams)
+    before = jax.device_get(group.member(states, 0))
+    states, m = group.step(states, gdata.train_batch(spike - 1), hparams)
+    after = jax.device_get(group.member(states, 0))
+    m = jax.tree.map(lambda x: x[0], jax.device_get(m))  # the one member's metrics
     assert bool(m["skipped"]) and float(m["skip_grad_norm_z"]) > cfg.optim.skip_step.sigma
     assert_trees_equal(after["params"], before["params"])
-    inner = lambda s: [x.inner for x in optim._find(s["opt_state"], optim.SkipStepState)]  # Adam's m, v, count
+    is_skip = lambda x: isinstance(x, optim.SkipStepState)
+    inner = lambda s: [x.inner for x in jax.tree.leaves(s["opt_state"], is_leaf=is_skip) if is_skip(x)]  # Adam's m, v, count
+    assert inner(before), "no SkipStepState in the optimizer state"
     assert_trees_equal(inner(after), inner(before))
     assert int(after["step"]) == spike
 
@@ -71,7 +76,7 @@ def test_injected_spike_is_skipped_and_leaves_params_and_optimizer_state_unchang
     assert [r["skipped_total"] for r in rows(tmp_path) if "skipped_total" in r][-1] == 1
 
 
-def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count(tmp_path, capsys):
+def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count(tmp_path, caplog):
     cfg = small_cfg()
     cfg.optim.update(schedule="wsd_s", warmup_steps=5)
     cfg.optim.wsd.update(cycles=(20,), decay=0.25)
@@ -90,9 +95,9 @@ def test_wsd_s_decay_end_checkpoints_resume_bitwise_and_keep_the_optimizer_count
     shutil.rmtree(b / "decayed" / "40")
     (b / "summary.json").unlink()
     shutil.copytree(b / "decayed" / "20", b / "checkpoints" / "20")
-    capsys.readouterr()
-    loop.train(cfg, b)
-    assert f"resuming {b} from step 20" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO):  # progress lines: absl logging
+        loop.train(cfg, b)
+    assert f"{b}: resuming from step 20" in caplog.text
     assert_trees_equal(restore(b / "checkpoints", cfg, 40), end)
     assert_trees_equal(restore(b / "decayed", cfg, 40), end)
     assert [r["step"] for r in rows(b) if "decayed_eval_loss" in r] == [20, 40]

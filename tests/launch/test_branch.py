@@ -4,6 +4,7 @@ independent WSD run of the same budget, bitwise on CPU; it records its origin, r
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 
 from experiments import base
 from helpers import run_module
-from launch import branch, configs, loop, mesh as mesh_lib, step as step_lib, train
+from launch import branch, configs, loop, mesh as mesh_lib, step as step_lib
 
 
 def wsd_cfg(steps: int, **optim_overrides):
@@ -71,15 +72,15 @@ def test_a_branch_equals_an_independent_wsd_run_of_its_budget(main_run, tmp_path
     assert lrs[5] == pytest.approx(3e-3) and lrs[-1] < 1e-3  # stable at step 30, decayed by step 40
 
 
-def test_a_branch_resumes_like_any_run(main_run, tmp_path, capsys):
+def test_a_branch_resumes_like_any_run(main_run, tmp_path, caplog):
     full, killed = tmp_path / "full", tmp_path / "killed"
     branch.branch(main_run, 40, full, verbose=False)
     shutil.copytree(full, killed)  # as if killed before the final checkpoint: only the fork step's is left
     shutil.rmtree(killed / "checkpoints" / "40")
     (killed / "summary.json").unlink()
-    capsys.readouterr()
-    branch.branch(main_run, 40, killed)
-    assert f"resuming {killed} from step 30" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO):  # progress lines: absl logging
+        branch.branch(main_run, 40, killed)
+    assert f"{killed}: resuming from step 30" in caplog.text
     assert_same_run(full, killed, wsd_cfg(40))
     assert branch.branch(main_run, 40, killed)["finished"]  # finished: nothing to do
 
