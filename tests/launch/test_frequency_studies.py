@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import base, class_imbalance, weight_decay_fairness
-from launch import configs, evaluation, loop, report, sweep, train
+from launch import configs, evaluation, loop, report, sweep
 from launch.report import buckets
 
 # ---- per-bucket eval losses: batched executor == local, and the spec §2(d) known answer -------------------------
@@ -60,10 +60,10 @@ def test_batched_sweep_bucket_losses_equal_local_runs_and_get_plotted(tmp_path):
     assert "## Loss per token-frequency bucket" in summary and "| lr=0.3 |" in summary
 
 
-def unigram_model_state(rt: train.Runtime, log_p_V: np.ndarray) -> dict:
-    """A train state whose model predicts log p at every position: the blocks are zero (the residual stream is the
-    embedding), every embedding row is the same vector e, and the head maps u = LayerNorm(e) to log p."""
-    state = rt.init()
+def unigram_model_state(rt: loop.Runtime, group, log_p_V: np.ndarray) -> dict:
+    """The states (one member) of a model that predicts log p at every position: the blocks are zero (the residual
+    stream is the embedding), every embedding row is the same vector e, and the head maps u = LayerNorm(e) to log p."""
+    state = group.member(group.init(np.zeros([1], np.int32)), 0)
     params = jax.tree.map(np.zeros_like, jax.device_get(state["params"]))
     d = params["final_norm"]["scale"].size
     e_D = np.random.default_rng(0).normal(size=d).astype(np.float32)
@@ -71,26 +71,26 @@ def unigram_model_state(rt: train.Runtime, log_p_V: np.ndarray) -> dict:
     params["embed"]["embedding"][:] = e_D
     params["final_norm"]["scale"][:] = 1.0
     params["head"]["kernel"][:] = np.outer(u_D, log_p_V) / (u_D @ u_D)
-    return dict(state, params=jax.tree.map(jnp.asarray, params))
+    return group.stack(dict(state, params=jax.tree.map(jnp.asarray, params)))
 
 
 def test_unigram_predictor_bucket_losses_known_answer_spec_2d():
     """Spec optimizers §2(d): every position predicts the unigram p(v) = n_v/N of the eval pass's own targets.
-    Through the eval's code path (Program.eval_buckets, train.evaluate_buckets), bucket b must read
+    Through the eval's code path (Group.eval_buckets, evaluation.evaluate_buckets), bucket b must read
     Σ_{v∈b} n_v·(−log(n_v/N)) / Σ_{v∈b} n_v, rare buckets highest, and the count-weighted mean of the buckets must
-    be the overall eval loss (train.evaluate_loss)."""
+    be the overall eval loss (evaluation.evaluate_loss)."""
     cfg = micro_config(**{"model.n_layers": 2, "train.eval_batches": 4})
     rt = loop.Runtime(cfg)
     targets = np.concatenate([rt.source.batch(i, split="eval")[:, 1:].ravel() for i in range(cfg.train.eval_batches)])
     n_V = np.bincount(targets, minlength=cfg.model.vocab_size)
     log_p_V = np.log(np.maximum(n_V, 1e-30) / n_V.sum())  # unseen ids get ~0 probability, never a target
-    state = unigram_model_state(rt, log_p_V)
-    eval_loss = float(train.evaluate_loss(rt.evaluate, state, rt.source, cfg, rt.mesh))
+    group, gdata = rt.group(1, shared_batch=True), loop.GroupData(rt, [cfg.train.seed])
+    states = unigram_model_state(rt, group, log_p_V)
+    eval_loss = float(evaluation.evaluate_loss(group, states, gdata, cfg.train.eval_batches)[0])
     np.testing.assert_allclose(eval_loss, -(n_V * np.where(n_V > 0, log_p_V, 0)).sum() / n_V.sum(), rtol=1e-5)
-    eval_buckets = jax.jit(rt.prog.eval_buckets)
     for counts in (n_V, rt.source.token_counts()):  # buckets by the same split's counts, and by the train split's
         table = evaluation.frequency_buckets(counts, cfg.train.freq_buckets)
-        got = train.evaluate_buckets(eval_buckets, state, rt.source, cfg, rt.mesh, table)
+        got = {k: v[0] for k, v in evaluation.evaluate_buckets(group, states, gdata, cfg.train.eval_batches, table).items()}
         for key, ids_V in zip(evaluation.BUCKET_METRICS, table):
             n_b = np.bincount(ids_V, weights=n_V, minlength=cfg.train.freq_buckets)
             with np.errstate(invalid="ignore"):  # NaN for a bucket without eval targets, as the eval reports it
