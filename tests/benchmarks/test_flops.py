@@ -1,6 +1,7 @@
 """benchmarks/flops.py: the FLOP count and MFU against hand computations, and the local-window attention rule."""
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import flops, throughput
@@ -52,7 +53,7 @@ def test_local_heads_cost_attention_flops_in_proportion_to_their_window():
 def test_throughput_counts_kernels_and_the_head_but_not_the_embedding_or_norm_scales():
     cfg = base.get_config("tiny")  # d 64, L 2, V 512, untied head, qk-norm off
     prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
-    params = jax.eval_shape(prog.init)["params"]
+    params = jax.eval_shape(prog.init, jnp.int32(0))["params"]
     d, L, V = cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size
     assert throughput.matmul_params(cfg, params) == L * 12 * d * d + V * d
     head_dim = d // cfg.model.n_heads

@@ -63,14 +63,15 @@ def test_torch_peer_shapes_come_from_the_ladder_and_its_oom_row_has_no_timing():
 
 def test_torch_peer_counts_the_same_matmul_parameters_and_flops_as_ours():
     import jax
+    import jax.numpy as jnp
 
     from benchmarks import throughput
     from experiments import base
-    from launch import mesh as mesh_lib, train
+    from launch import mesh as mesh_lib, step as step_lib
 
     cfg = base.get_config("tiny")
     cfg.model.update(qk_norm=True, head_dim=32)
-    params = jax.eval_shape(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)).init)["params"]
+    params = jax.eval_shape(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)).init, jnp.int32(0))["params"]
     s = torch_gpt.shapes(torch_gpt.parse_args(["--tiny"]))
     assert (s["d_model"], s["n_heads"], s["head_dim"], s["vocab"]) == (64, 2, 32, cfg.model.vocab_size)
     n_params, matmul = torch_gpt.param_counts(s)

@@ -1,5 +1,6 @@
 """Diagnostics of DESIGN §5 computed by the program's `diagnose` (launch/step.py): values against float64
-references, the names documented by the registries, and their defining effect in a forced-instability run (Wortsman et al. Fig. 2)."""
+references, the names documented by the registries, and their defining effect in a forced-instability run
+(Wortsman et al. Fig. 2)."""
 
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def test_unigram_predictor_bucket_losses_known_answer_spec_2d():
     np.testing.assert_allclose(eval_loss, -(n_V * np.where(n_V > 0, log_p_V, 0)).sum() / n_V.sum(), rtol=1e-5)
     for counts in (n_V, rt.source.token_counts()):  # buckets by the same split's counts, and by the train split's
         table = evaluation.frequency_buckets(counts, cfg.train.freq_buckets)
-        got = {k: v[0] for k, v in evaluation.evaluate_buckets(group, states, gdata, cfg.train.eval_batches, table).items()}
+        got_M = evaluation.evaluate_buckets(group, states, gdata, cfg.train.eval_batches, table)
+        got = {k: v[0] for k, v in got_M.items()}  # the one member
         for key, ids_V in zip(evaluation.BUCKET_METRICS, table):
             n_b = np.bincount(ids_V, weights=n_V, minlength=cfg.train.freq_buckets)
             with np.errstate(invalid="ignore"):  # NaN for a bucket without eval targets, as the eval reports it

@@ -14,9 +14,8 @@ import pytest
 from flax import nnx
 
 from experiments import base
-from launch import configs, memory, mesh as mesh_lib, step as step_lib, train
+from launch import configs, memory, mesh as mesh_lib, step as step_lib, sweep
 from models import transformer
-from optim import HPARAM_KEYS
 
 H200_BYTES = 139 * memory.GIB
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +40,7 @@ def test_n_params_equals_the_model(overrides):
 def xla_bytes(cfg) -> dict[str, int]:
     """temp + argument bytes of XLA's compiled train step (state donated) and eval step, on CPU."""
     prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
-    state = jax.eval_shape(prog.init)
+    state = jax.eval_shape(prog.init, jnp.int32(0))
     batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
     out = {}
     for name, fn, args, donate in (
@@ -100,13 +99,6 @@ def test_negative_memory_fields_are_config_errors(field):
         configs.validate(tiny(**{f"train.{field}": -1}), n_devices=1)
 
 
-def member_key(cfg) -> str:
-    """Trials with equal keys are members of one batched group: they differ only in optimizer scalars and
-    train.seed (the lead's loop of issue 9)."""
-    drop = {f"optim.{k}" for k in HPARAM_KEYS} | {"train.seed"} | configs.COSMETIC_FIELDS
-    return repr(sorted((k, v) for k, v in configs.flatten(cfg).items() if k not in drop))
-
-
 def gpu_studies() -> list[str]:
     names = []
     for path in sorted(glob.glob(str(REPO / "experiments" / "*.py"))):
@@ -134,7 +126,7 @@ def test_gpu_preset_fits_one_h200(name):
     groups: dict[str, list] = {}
     for overrides in module.get_sweep("gpu"):
         cfg = configs.apply_overrides(cfg0, overrides)
-        groups.setdefault(member_key(cfg), []).append(cfg)
+        groups.setdefault(sweep.program_key(cfg), []).append(cfg)  # a batched group's members
     worst = 0
     for group in groups.values():
         for cfg in group:

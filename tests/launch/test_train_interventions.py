@@ -64,7 +64,8 @@ def test_injected_spike_is_skipped_and_leaves_params_and_optimizer_state_unchang
     assert bool(m["skipped"]) and float(m["skip_grad_norm_z"]) > cfg.optim.skip_step.sigma
     assert_trees_equal(after["params"], before["params"])
     is_skip = lambda x: isinstance(x, optim.SkipStepState)
-    inner = lambda s: [x.inner for x in jax.tree.leaves(s["opt_state"], is_leaf=is_skip) if is_skip(x)]  # Adam's m, v, count
+    # Adam's m, v, count
+    inner = lambda s: [x.inner for x in jax.tree.leaves(s["opt_state"], is_leaf=is_skip) if is_skip(x)]
     assert inner(before), "no SkipStepState in the optimizer state"
     assert_trees_equal(inner(after), inner(before))
     assert int(after["step"]) == spike

@@ -19,7 +19,7 @@ from flax import nnx
 
 import optim
 from experiments import base
-from launch import configs, loop, mesh as mesh_lib, step as step_lib, train
+from launch import configs, loop, mesh as mesh_lib, step as step_lib
 from models import attention, layers, transformer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,7 +334,7 @@ def test_sigma_reparam_state_is_carried_by_the_train_step():
     cfg.data.update(batch_size=4, seq_len=16)
     cfg.optim.update(lr=3e-3, warmup_steps=0)
     prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
-    state = jax.jit(prog.init)()
+    state = jax.jit(prog.init)(jnp.int32(0))
     init_rest = jax.tree.map(np.asarray, state["rest"])
     step = jax.jit(prog.train_step)
     hp = step_lib.hparams_array(cfg)
@@ -537,7 +537,7 @@ def test_variants_off_leave_the_baseline_program_unchanged(dtype):
     fwd = jax.make_jaxpr(lambda p, t: nnx.merge(graphdef, p, rest)(t)[0])(params, jnp.zeros((2, 16), jnp.int32))
     prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
     step = jax.make_jaxpr(prog.train_step)(
-        jax.eval_shape(prog.init), jax.ShapeDtypeStruct((2, 17), jnp.int32), step_lib.hparams_array(cfg)
+        jax.eval_shape(prog.init, jnp.int32(0)), jax.ShapeDtypeStruct((2, 17), jnp.int32), step_lib.hparams_array(cfg)
     )
     fwd_prims, step_prims = _primitives(fwd.jaxpr), _primitives(step.jaxpr)
     assert not (set(fwd_prims) | set(step_prims)) & {"svd", "while", "scan"}
@@ -670,7 +670,7 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from experiments import base
-from launch import configs, mesh as mesh_lib, train
+from launch import configs, mesh as mesh_lib, step as step_lib
 
 VARIANTS = {  # every variant, in compositions that the model allows (three compilations instead of six)
     "ls+sigma_reparam+spike_no_more": {"model.attention": "ls", "model.ls.window": 5, "model.sigma_reparam": True,
@@ -691,10 +691,10 @@ for name, overrides in VARIANTS.items():
         cfg.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[: int(np.prod(shape))])
         prog = step_lib.build_program(cfg, mesh)
-        init, step, _, _ = train.jit_program(prog)
-        state = init()
-        state, m = step(state, mesh_lib.global_batch(mesh, batch_np), step_lib.hparams_array(cfg))
-        results[mode] = (float(m["loss"]), jax.tree.map(np.asarray, {k: state[k] for k in ("params", "rest")}))
+        group = step_lib.compile_group(prog, 1)
+        states = group.init(np.zeros([1], np.int32))
+        states, m = group.step(states, mesh_lib.global_batch(mesh, batch_np), step_lib.stacked_hparams(group, [cfg]))
+        results[mode] = (float(m["loss"][0]), jax.tree.map(np.asarray, {k: states[k] for k in ("params", "rest")}))
     (l1, s1), (l8, s8) = results["single"], results["sharded"]
     assert abs(l1 - l8) < 1e-5, (name, l1, l8)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name), s1, s8)
