@@ -310,9 +310,9 @@ def compiled_step(cfg, members: int = 1):
     return group.step.lower(state, batches[0], hparams).compile(), state, hparams, batches
 
 
-def profile(cfg, steps: int, warmup: int, trace_dir: str, top: int = 25) -> dict:
-    """Runs `warmup` then `steps` traced steps of `compiled_step(cfg)` and returns the summary."""
-    step, state, hparams, batches = compiled_step(cfg)
+def profile(cfg, steps: int, warmup: int, trace_dir: str, top: int = 25, members: int = 1) -> dict:
+    """Runs `warmup` then `steps` traced steps of `compiled_step(cfg, members)` and returns the summary."""
+    step, state, hparams, batches = compiled_step(cfg, members)
     hlo = parse_hlo(step.as_text())
     for i in range(warmup):
         state, m = step(state, batches[i % 4], hparams)
@@ -325,7 +325,7 @@ def profile(cfg, steps: int, warmup: int, trace_dir: str, top: int = 25) -> dict
         wall = time.perf_counter() - t0
     summary = summarise(op_events(load_trace(trace_dir), hlo.module), hlo, steps, top)
     summary.update(step_ms=1e3 * wall / steps, device=jax.devices()[0].device_kind, trace_dir=trace_dir,
-                   batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len)
+                   batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len, members=members)
     return summary
 
 
@@ -338,6 +338,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out_md", "", "write the summary as markdown here")
     flags.DEFINE_integer("top", 25, "ops listed in the top-ops table")
     flags.DEFINE_string("label", "", "a name for this profile, stored in the summary")
+    flags.DEFINE_integer("members", 1, "profile the batched step of a group of this many members")
 
 
 def main(argv) -> None:
@@ -345,7 +346,7 @@ def main(argv) -> None:
     cfg = FLAGS.config
     configs.validate(cfg, n_devices=jax.device_count())
     trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
-    summary = dict(label=FLAGS.label, **profile(cfg, FLAGS.steps, FLAGS.warmup, trace_dir, FLAGS.top))
+    summary = dict(label=FLAGS.label, **profile(cfg, FLAGS.steps, FLAGS.warmup, trace_dir, FLAGS.top, FLAGS.members))
     md = render_markdown(summary)
     print(md, flush=True)
     if FLAGS.out_json:

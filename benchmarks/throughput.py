@@ -29,15 +29,6 @@ from benchmarks import flops
 from launch import cli, configs, mesh as mesh_lib, step as step_lib
 from models import transformer
 
-flags.DEFINE_integer("steps", 20, "timed steps")
-flags.DEFINE_integer("warmup", 3, "untimed steps before timing (compilation, autotuning)")
-flags.DEFINE_float("peak_tflops", flops.DATASHEET_PEAK_TFLOPS, "datasheet peak TFLOP/s per device: the headline `mfu`")
-flags.DEFINE_float("measured_peak_tflops", flops.MEASURED_PEAK_TFLOPS, "measured GEMM peak TFLOP/s: `mfu_measured_peak`")
-flags.DEFINE_string("out", "", "append the result as one JSON line to this file")
-flags.DEFINE_string("label", "", "a name for this measurement, stored in the result")
-flags.DEFINE_integer("members", 1, "time the batched step of a group of this many members (tokens count all of them)")
-FLAGS = flags.FLAGS
-
 
 def model_flops_per_token(cfg, n_matmul_params: int) -> float:
     """benchmarks/flops.py's training FLOPs per token for `cfg` (attention=ls local heads cost their window)."""
@@ -125,4 +116,12 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    flags.DEFINE_integer("steps", 20, "timed steps")
+    flags.DEFINE_integer("warmup", 3, "untimed steps before timing (compilation, autotuning)")
+    flags.DEFINE_float("peak_tflops", flops.DATASHEET_PEAK_TFLOPS, "datasheet peak TFLOP/s per device: the headline `mfu`")
+    flags.DEFINE_float("measured_peak_tflops", flops.MEASURED_PEAK_TFLOPS, "measured GEMM peak TFLOP/s: `mfu_measured_peak`")
+    flags.DEFINE_string("out", "", "append the result as one JSON line to this file")
+    flags.DEFINE_string("label", "", "a name for this measurement, stored in the result")
+    flags.DEFINE_integer("members", 1, "time the batched step of a group of this many members (tokens count all of them)")
+    FLAGS = flags.FLAGS
     cli.run(main, config="file")
