@@ -3,6 +3,7 @@
     python -m benchmarks.results_table benchmarks/results/h200_call4_final.jsonl [more.jsonl ...]
     python -m benchmarks.results_table --relative_to=9.4m/baseline benchmarks/results/h200_call5_variants.jsonl
     python -m benchmarks.results_table benchmarks/results/h200_call5_executors_9.4m.jsonl   # sweep executors
+    python -m benchmarks.results_table --members benchmarks/results/h200_session8_batched.jsonl  # batched step
 
 Rows keep the order of the files; a later row with the same label replaces an earlier one. The ratio column
 divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flash SDPA, fused AdamW) measured on
@@ -105,6 +106,20 @@ def render_side_by_side(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_members(rows: list[dict]) -> str:
+    """benchmarks/throughput.py --members rows: the batched step of M members against the single run of the same
+    config (the row whose label ends in /m1 where this one's ends in /m<M>): step time per member-step and the ratio
+    (issue 15's target: <= 1.1)."""
+    single = {r["label"].rsplit("/m", 1)[0]: r for r in rows if r.get("members", 1) == 1}
+    lines = ["| config | members | step ms | ms per member-step | / single run's step |", "|---|---|---|---|---|"]
+    for r in rows:
+        m = r.get("members", 1)
+        ref = single.get(r["label"].rsplit("/m", 1)[0])
+        ratio = f"{r['step_ms'] / m / ref['step_ms']:.3f}" if ref else "–"
+        lines.append(f"| `{r['label']}` | {m} | {r['step_ms']:.1f} | {r['step_ms'] / m:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     reference = next((a.split("=", 1)[1] for a in argv if a.startswith("--relative_to=")), None)
     by_label: dict[str, dict] = {}
@@ -118,6 +133,8 @@ def main(argv: list[str]) -> None:
         print(render_side_by_side(rows))
     elif all("executor" in r for r in rows):
         print(render_executors(rows))
+    elif "--members" in argv:
+        print(render_members([r for r in rows if "members" in r and "/m" in r["label"]]))
     else:
         print(render_relative(rows, reference) if reference else render(rows))
 

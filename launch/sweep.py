@@ -169,9 +169,11 @@ def trial_dir(workdir: Path, trial: Trial) -> Path:
 
 
 def run_local(trials: list[Trial], workdir: Path, record: Recorder) -> None:
-    """One trial after another, each a group of one; trials of one `program_key` share one compiled program."""
+    """One trial after another, each a group of one; trials of one `program_key` share one compiled program.
+    Trials already in results.jsonl are skipped."""
     runtimes: dict[str, loop.Runtime] = {}
-    for t in trials:
+    finished = {r["id"] for r in records.read_results(record.path)}
+    for t in [t for t in trials if t.id not in finished]:
         key = program_key(t.cfg)
         if key not in runtimes:
             runtimes[key] = loop.Runtime(t.cfg)
@@ -205,7 +207,7 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
             if len(group) > 1:
                 logging.info("group %d/%d: train.rewind restores one run's checkpoint: its %d trials run one at a "
                              "time", g + 1, len(groups), len(group))
-            run_local([t for t in todo if records.finished_summary(trial_dir(workdir, t)) is None], workdir, record)
+            run_local(todo, workdir, record)
             continue
         gdir = group_dir(workdir, group)
         if jax.process_index() == 0:
@@ -264,7 +266,8 @@ def run_sweep(
     n_done = len(trials) - len(todo)
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
     logging.info("%s: %s, %d already finished; executor %s", workdir, what, n_done, executor)
-    EXECUTORS[executor](todo, workdir, Recorder(results, len(trials), n_done))
+    # every trial of the shard, not only those left to do: a batched group is always the same group
+    EXECUTORS[executor](trials, workdir, Recorder(results, len(trials), n_done))
     if jax.process_index() == 0:
         out = report.write_report(workdir)
         logging.info("report: %s (loss_vs_lr.png, lr_sensitivity.csv)", out / "summary.md")
