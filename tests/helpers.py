@@ -23,3 +23,15 @@ def final_params(workdir: Path, cfg):
     """(step, parameters as host numpy arrays) of the newest checkpoint of the run in `workdir`."""
     step, state = loop.restore_newest(step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh)), workdir)
     return step, jax.tree.map(np.asarray, state["params"])
+
+
+def restore(directory: Path, step: int, cfg) -> dict:
+    """The member state saved at `step` in an orbax checkpoint directory (checkpoints/ or decayed/), on the host."""
+    from launch import checkpoint
+
+    prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh))
+    ckpt = checkpoint.Checkpointer(directory, keep=None)
+    try:
+        return jax.tree.map(np.asarray, ckpt.restore(step, prog.abstract_state()))
+    finally:
+        ckpt.close()
