@@ -10,24 +10,22 @@ Exit status 0 either way; the printed verdict is the result.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from absl import flags
+
 from experiments import base
+from launch import cli
 from models import fp8
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=4096, help="N = K = M of the [N, K] x [K, M] linear")
-    ap.add_argument("--dtype", default="bfloat16", help="the model's compute dtype (x, W and dx)")
-    ap.add_argument("--scaling", default="delayed", choices=fp8.SCALINGS)
-    ap.add_argument("--out", default="fp8_linear.hlo.txt", help="where the optimized HLO text goes")
-    args = ap.parse_args()
+def main(argv) -> None:
+    del argv
+    args = flags.FLAGS
 
     cfg = base.get_config("tiny").model
     cfg.fp8.update(enabled=True, scaling=args.scaling)
@@ -54,4 +52,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_integer("size", 4096, "N = K = M of the [N, K] x [K, M] linear")
+    flags.DEFINE_string("dtype", "bfloat16", "the model's compute dtype (x, W and dx)")
+    flags.DEFINE_enum("scaling", "delayed", list(fp8.SCALINGS), "FP8 scaling recipe")
+    flags.DEFINE_string("out", "fp8_linear.hlo.txt", "where the optimized HLO text goes")
+    cli.run(main)

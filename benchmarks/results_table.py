@@ -18,7 +18,6 @@ MFU in PEERS and in rows written before benchmarks/flops.py is over the measured
 from __future__ import annotations
 
 import json
-import sys
 
 # DESIGN §7, measured on the same H200 (bf16, batch 256 x 512, vocab 32101, random tokens, full train step).
 # Their MFU is the old rule's (790 TFLOP/s, 6 N + 12 L H Dh T).
@@ -121,9 +120,11 @@ def render_members(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    reference = next((a.split("=", 1)[1] for a in argv if a.startswith("--relative_to=")), None)
+    from absl import flags
+
+    reference = flags.FLAGS.relative_to or None
     by_label: dict[str, dict] = {}
-    for path in (a for a in argv if not a.startswith("--")):
+    for path in argv[1:]:
         with open(path) as f:
             for line in f:
                 row = json.loads(line)
@@ -133,11 +134,17 @@ def main(argv: list[str]) -> None:
         print(render_side_by_side(rows))
     elif all("executor" in r for r in rows):
         print(render_executors(rows))
-    elif "--members" in argv:
+    elif flags.FLAGS.members:
         print(render_members([r for r in rows if "members" in r and "/m" in r["label"]]))
     else:
         print(render_relative(rows, reference) if reference else render(rows))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from absl import flags
+
+    from launch import cli
+
+    flags.DEFINE_string("relative_to", "", "label of the row whose step time the others are divided by")
+    flags.DEFINE_bool("members", False, "the batched-step table of benchmarks.throughput --members rows")
+    cli.run(main)

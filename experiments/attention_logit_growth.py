@@ -23,7 +23,6 @@ metrics.jsonl: max attention logit and attention entropy per layer, and the trai
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from experiments import base
@@ -79,20 +78,26 @@ def plot(runs: dict[str, Path], out_png: Path, n_layers: int) -> None:
     plt.close(fig)
 
 
-def main(workdir: str, out_png: str) -> None:
-    from launch import configs, train
+def main(argv) -> None:
+    """`python -m experiments.attention_logit_growth RUNS_DIR OUT_PNG`: both arms' runs, then the figure."""
+    from absl import logging
 
+    from launch import configs, loop
+
+    if len(argv) != 3:
+        raise configs.ConfigError("usage: python -m experiments.attention_logit_growth RUNS_DIR OUT_PNG")
+    workdir, out_png = argv[1], argv[2]
     runs = {}
     for name, overrides in ARMS.items():
         cfg = configs.apply_overrides(get_config("tiny"), overrides)
         runs[name] = Path(workdir) / name
-        summary = train.train(cfg, runs[name])
-        print(f"{name}: diverged={summary['diverged']} eval_loss={summary['eval_loss']}")
+        summary = loop.train(cfg, runs[name])
+        logging.info("%s: diverged=%s eval_loss=%s", name, summary["diverged"], summary["eval_loss"])
     plot(runs, Path(out_png), get_config("tiny").model.n_layers)
-    print(f"wrote {out_png}")
+    logging.info("wrote %s", out_png)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m experiments.attention_logit_growth RUNS_DIR OUT_PNG")
-    main(sys.argv[1], sys.argv[2])
+    from launch import cli
+
+    cli.run(main)

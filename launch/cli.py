@@ -27,7 +27,7 @@ from launch import configs, mesh as mesh_lib
 FLAGS = flags.FLAGS
 
 
-_OWN = tuple(str(Path(__file__).resolve().parents[1] / pkg) + "/" for pkg in ("launch", "models", "optim", "benchmarks"))
+_OWN = tuple(str(Path(__file__).resolve().parents[1] / pkg) + "/" for pkg in ("launch", "models", "optim", "benchmarks", "experiments"))
 
 
 class _OwnInfoOnly(py_logging.Filter):
