@@ -27,7 +27,8 @@ from launch import configs, mesh as mesh_lib
 FLAGS = flags.FLAGS
 
 
-_OWN = tuple(str(Path(__file__).resolve().parents[1] / pkg) + "/" for pkg in ("launch", "models", "optim", "benchmarks", "experiments"))
+_ROOT = Path(__file__).resolve().parents[1]
+_OWN = tuple(f"{_ROOT / pkg}/" for pkg in ("launch", "models", "optim", "benchmarks", "experiments"))
 
 
 class _OwnInfoOnly(py_logging.Filter):
