@@ -315,6 +315,5 @@ def compile_group(prog: Program, m: int, shared_batch: bool = True) -> Group:
 
 def stacked_hparams(group: Group, cfgs) -> dict:
     """The members' optimizer scalars as float32[M] arrays on the member sharding."""
-    hs = [optim.hparams_from_config(c.optim) for c in cfgs]
-    return jax.device_put({k: np.asarray([h[k] for h in hs], np.float32) for k in hs[0]}, group.member_sharding)
+    return jax.device_put(jax.tree.map(lambda *h: np.stack(h), *[hparams_array(c) for c in cfgs]), group.member_sharding)
 
