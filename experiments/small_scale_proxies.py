@@ -19,6 +19,9 @@ Presets (`get_config(arg)` is the base of every trial, `get_sweep(arg)` the tria
              independent weight decay 1e-4 on, 3 seeds per point: 126 trials, 18 programs of 7 members (6
              groups of 21 capped by train.max_members; programs of ~3x the pre-seed time). On a host with n
              GPUs run n copies with --shard=i/n and CUDA_VISIBLE_DEVICES=i (launch/sweep.py).
+  gpu_2.4m, gpu_9.4m, gpu_19m
+             one size's slice of `gpu` (the same base config, trials and trial ids), for a session that cannot run
+             all of it; `launch.report DIR_A DIR_B ...` draws the slices together.
   gpu_timing the executor benchmark (benchmarks/sweep_executors.sh): the 9.4m model with qk-layernorm over the
              7-point grid for 300 steps, once with each executor.
 
@@ -58,7 +61,8 @@ PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # spec optimizers-and-me
 TINY_WIDTHS = (32, 64)  # d_model; 2 layers, 2 heads
 GPU_SIZES = ("2.4m", "9.4m", "19m")  # names in base.LADDER
 
-PRESETS = ("tiny", "tiny_full", "gpu", "gpu_timing")
+SIZE_PRESETS = tuple(f"gpu_{n}" for n in GPU_SIZES)  # one size's slice of `gpu`: the same trials, configs and ids
+PRESETS = ("tiny", "tiny_full", "gpu", *SIZE_PRESETS, "gpu_timing")
 RECIPE = {
     "loss.z_loss": 1e-4, "optim.weight_decay": 1e-4, "optim.independent_wd": True, "optim.decay_all": True,
     "optim.clip": 1.0, "model.qk_norm": False, "optim.warmup_steps": 100, "model.init": "fan_in", "optim.eps": 1e-8,
@@ -74,7 +78,7 @@ def _sizes(preset: str) -> list[dict]:
 
 def get_config(arg: str | None = None):
     preset = base.preset_name(arg, PRESETS)
-    if preset == "gpu":
+    if preset == "gpu" or preset in SIZE_PRESETS:
         c = base.get_config(GPU_SIZES[0])
         c.data.batch_size = 64
         c.optim.update(warmup_steps=100, decay_all=True)
@@ -102,6 +106,9 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     lrs = (3e-3, 3e-2, 3e-1, 3.0) if preset == "tiny" else PAPER_LRS
     if preset == "gpu_timing":
         return product(lr=lrs)
+    if preset in SIZE_PRESETS:
+        size = dict(zip(("model.d_model", "model.n_layers", "model.n_heads"), base.LADDER[preset[len("gpu_"):]]))
+        return [t for t in get_sweep("gpu") if all(t.get(k) == v for k, v in size.items())]
     z_losses = (1e-4,) if preset == "gpu" else (1e-4, 0.0)
     return product(
         size=_sizes(preset), **{"model.qk_norm": [False, True], "loss.z_loss": z_losses}, lr=lrs, **seed_axis(preset)
