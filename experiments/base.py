@@ -86,6 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.
     #                             bfloat16 halves the traffic of the largest tensor [B, T, V] at ~3 digits of logit precision
     m.remat = False  # rematerialise each block in the backward pass (trade compute for activation memory)
+    m.loss_chunk = 0  # (int >= 0; 0 = off) train/eval loss over this many positions at a time (x batch rows): the head's
+    #                   float32 logits never exist for the whole batch; diagnostic passes use the full logits
+    m.pad_vocab_to = 128  # (int >= 1; 1 = off) the loss's head matmul runs over V rounded up to this multiple (GPU
+    #                       GEMM tiles), the padded logits masked to -inf; the head param stays [d, V]
 
     # SwiGLU / Smooth-SwiGLU and FP8 linears (Fishman et al. 2024; spec model-variants §5; models/mlp.py, models/fp8.py)
     m.swiglu_multiple_of = 256  # swiglu width for d_ff=0: 8d/3 rounded up to this multiple (Llama; 11008 at d=4096)
