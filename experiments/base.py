@@ -68,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.softplus.power = 15  # re-weighting power p (15: best extrapolation, 3: best at the training length [S])
     m.softplus.eps = 1e-8  # added to each l1 row sum (keeps degenerate all-zero rows finite)
     m.softplus.query_chunk = 0  # process queries in blocks of this many (long-context eval memory); 0 = all at once
+    m.softplus.key_chunk = 0  # (int >= 0; 0 = off) keys in blocks of this many (models/attention.py lssar_blocked): no
+    #                           [B, H, T, T] float32 weights in the train step, memory O(T·key_chunk)
 
     m.sigma_reparam = False  # σReparam W -> (γ/σ(W)) W on every linear layer in the blocks (Zhai et al. 2023; spec §3)
     m.sigma_reparam_gamma_init = "sigma0"  # γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)
