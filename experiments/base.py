@@ -189,6 +189,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
     #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
     t.spike_scale = 1000.0  # the factor of spike_at_step
+    t.compilation_cache = ""  # (str) jax's persistent compilation cache: "" = <data.cache_dir or $PROXYLAB_CACHE or
+    #                             ~/.cache/proxylab>/xla, a directory, or "off" (launch/loop.py enable_compilation_cache)
 
     t.rewind = ml_collections.ConfigDict()  # PaLM-style rewind on a loss spike (spec optimizers §10(a)): restart
     #                                         from an earlier checkpoint and skip ahead in the data (launch/train.py)
