@@ -8,6 +8,9 @@ per-head qk-layernorm. The stability variants plug in by config: `model.attentio
 `model.dtype`; norms, softmax and logsumexp in float32; logits in `model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
+`Transformer.loss(tokens, targets, z_loss)` is the train/eval objective: the same loss, through `chunked_lm_loss`
+when `model.loss_chunk` / `model.pad_vocab_to` apply (the head's logits by position chunks and over the vocabulary
+padded to a GEMM-friendly width; never the full [B, T, V] float32 logits with chunks).
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@ against the reference path (the full logits of `Transformer.__call__`, then `lm_
 
 Tolerances: float64, the head and loss alone: 1e-12 relative (only the order of the sums differs); the float32
 model: loss 1e-6 and every parameter gradient 1e-5 relative to that tensor's largest entry (measured: < 1e-6);
-6 train steps: losses 2e-5;
 bf16 compute: the loss 1e-5 (the forward is the same per token), gradients 2e-2 relative (each chunk's head-kernel
-gradient is rounded to bf16 before the float32 sum over chunks).
+gradient is rounded to bf16 before the float32 sum over chunks); 6 train steps of the float32 model: losses 2e-5.
 """
 
 from __future__ import annotations
