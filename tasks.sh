@@ -31,7 +31,7 @@ setup() {  # $1: pip extras
 case "${1:-}" in
   demo)
     setup test
-    .venv/bin/python -m launch.sweep --config=experiments/small_scale_proxies.py:tiny --workdir=runs/demo_sweep --executor=batched
+    .venv/bin/python -m launch.sweep --config=experiments/small_scale_proxies.py:tiny --workdir=runs/demo_sweep --executor=auto
     exec .venv/bin/python -m launch.report runs/demo_sweep --metric=attn_max_logit/layer_0 --log_y
     ;;
   test)

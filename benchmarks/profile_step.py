@@ -9,7 +9,8 @@ the host threads) is joined by its `hlo_op` to the instruction of `compiled.as_t
 source the instruction's metadata points to (its stack frames), else by its opcode, else by its kernel name:
 
   optimizer    a frame in optim/ or optax (clipping, AdamW, the update)
-  head_loss    lm_loss / token_ce, the output head's matmuls (dot_wide_out, a Linear outside the blocks)
+  head_loss    lm_loss / chunked_lm_loss / token_ce, the output head's matmuls (dot_wide_out, a Linear outside the
+               blocks, Transformer.head_matmul)
   attention    the attention kernel: SoftmaxKernel / LongShortKernel / SoftplusKernel code, cuDNN fmha custom
                calls, kernels named *fmha* / *flash* / *cudnn* / *sdpa*  (RoPE and qk-norm are elementwise)
   gemm         other dots: cuBLAS custom calls, fusions around a dot, kernels named *gemm* / *cublas* / *nvjet*
@@ -47,7 +48,8 @@ FLAGS = flags.FLAGS
 CATEGORIES = ("gemm", "attention", "elementwise", "head_loss", "optimizer", "other")
 ATTENTION_FUNCTIONS = ("SoftmaxKernel.", "LongShortKernel.", "SoftplusKernel.", "lssar_weights", "softmax_mix",
                        "causal_logits", "dot_product_attention")
-HEAD_LOSS_FUNCTIONS = ("lm_loss", "token_ce", "dot_wide_out", "_dot_wide_out_fwd", "_dot_wide_out_bwd", "Embed.attend")
+HEAD_LOSS_FUNCTIONS = ("lm_loss", "token_ce", "dot_wide_out", "_dot_wide_out_fwd", "_dot_wide_out_bwd", "Embed.attend",
+                       "chunked_lm_loss", "Transformer.head_matmul")
 MOVEMENT_OPCODES = frozenset(
     "copy copy-start copy-done transpose dynamic-slice dynamic-update-slice slice concatenate gather scatter pad "
     "all-reduce all-gather reduce-scatter collective-permute all-to-all send recv infeed outfeed while conditional "

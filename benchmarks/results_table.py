@@ -9,7 +9,8 @@ Rows keep the order of the files; a later row with the same label replaces an ea
 divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flash SDPA, fused AdamW) measured on
 the same H200 at the same shapes; with --relative_to it is the step time over that row's instead. Rows of
 benchmarks/sweep_executors.sh (they have an "executor" key) make the executor table: wall time of the same sweep
-with each executor, and batched / local. Rows of benchmarks/side_by_side.py make the side-by-side table.
+with each executor, and batched / local. Rows of benchmarks/side_by_side.py make the side-by-side table; rows of
+benchmarks/compile_cache.py (a "cache" key) the compilation-cache table.
 
 MFU in PEERS and in rows written before benchmarks/flops.py is over the measured 790 TFLOP/s with PaLM's
 6 N + 12 L H Dh T count (the old rule, RESULTS.md "How MFU is computed"); newer rows' `mfu` is over 989.
@@ -82,6 +83,18 @@ def render_executors(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_compile_cache(rows: list[dict]) -> str:
+    """benchmarks/compile_cache.py rows (they have a "cache" key): a first trial's process wall time with the
+    compilation cache off, cold (empty) and warm, and each over the same run's `off` time."""
+    off = {r["label"].rsplit("/", 1)[0]: r["wall_seconds"] for r in rows if r["cache"] == "off"}
+    lines = ["| run | cache | wall s (whole process) | / off |", "|---|---|---|---|"]
+    for r in rows:
+        ref = off.get(r["label"].rsplit("/", 1)[0])
+        ratio = f"{r['wall_seconds'] / ref:.2f}" if ref else "–"
+        lines.append(f"| `{r['label']}` | {r['cache']} | {r['wall_seconds']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def render_side_by_side(rows: list[dict]) -> str:
     """benchmarks/side_by_side.py rows (they have a "side" key, or are ratio rows): per size PyTorch and our
     tokens/s with MFU against the datasheet peak, and the ratio measured in the same call."""
@@ -132,6 +145,8 @@ def main(argv: list[str]) -> None:
     rows = list(by_label.values())
     if all("side" in r or r["label"].startswith("ratio/") for r in rows):
         print(render_side_by_side(rows))
+    elif all("cache" in r for r in rows):
+        print(render_compile_cache(rows))
     elif all("executor" in r for r in rows):
         print(render_executors(rows))
     elif flags.FLAGS.members:

@@ -68,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.softplus.power = 15  # re-weighting power p (15: best extrapolation, 3: best at the training length [S])
     m.softplus.eps = 1e-8  # added to each l1 row sum (keeps degenerate all-zero rows finite)
     m.softplus.query_chunk = 0  # process queries in blocks of this many (long-context eval memory); 0 = all at once
+    m.softplus.key_chunk = 0  # (int >= 0; 0 = off) keys in blocks of this many (models/attention.py lssar_blocked): no
+    #                           [B, H, T, T] float32 weights in the train step, memory O(T·key_chunk)
 
     m.sigma_reparam = False  # σReparam W -> (γ/σ(W)) W on every linear layer in the blocks (Zhai et al. 2023; spec §3)
     m.sigma_reparam_gamma_init = "sigma0"  # γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)
@@ -86,6 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.logits_dtype = "float32"  # dtype the output-head matmul writes; the loss always reduces in float32.
     #                             bfloat16 halves the traffic of the largest tensor [B, T, V] at ~3 digits of logit precision
     m.remat = False  # rematerialise each block in the backward pass (trade compute for activation memory)
+    m.loss_chunk = 0  # (int >= 0; 0 = off) train/eval loss over this many positions at a time (x batch rows): the head's
+    #                   float32 logits never exist for the whole batch; diagnostic passes use the full logits
+    m.pad_vocab_to = 128  # (int >= 1; 1 = off) the loss's head matmul runs over V rounded up to this multiple (GPU
+    #                       GEMM tiles), the padded logits masked to -inf; the head param stays [d, V]
 
     # SwiGLU / Smooth-SwiGLU and FP8 linears (Fishman et al. 2024; spec model-variants §5; models/mlp.py, models/fp8.py)
     m.swiglu_multiple_of = 256  # swiglu width for d_ff=0: 8d/3 rounded up to this multiple (Llama; 11008 at d=4096)
@@ -183,6 +189,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
     #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
     t.spike_scale = 1000.0  # the factor of spike_at_step
+    t.compilation_cache = ""  # (str) jax's persistent compilation cache: "" = <data.cache_dir or $PROXYLAB_CACHE or
+    #                             ~/.cache/proxylab>/xla, a directory, or "off" (launch/loop.py enable_compilation_cache)
 
     t.rewind = ml_collections.ConfigDict()  # PaLM-style rewind on a loss spike (spec optimizers §10(a)): restart
     #                                         from an earlier checkpoint and skip ahead in the data (launch/train.py)

@@ -17,7 +17,7 @@ import optim
 from launch import corpus, data, mesh as mesh_lib
 
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
-COSMETIC_FIELDS = frozenset({"train.progress"})
+COSMETIC_FIELDS = frozenset({"train.progress", "train.compilation_cache"})
 # Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
 # seed (an argument of init and of the data order), and cosmetic fields.
 MEMBER_FIELDS = frozenset({f"optim.{k}" for k in optim.HPARAM_KEYS} | {"train.seed"} | COSMETIC_FIELDS)

@@ -34,7 +34,8 @@ import numpy as np
 from absl import logging
 
 import optim
-from launch import checkpoint, configs, data, evaluation, mesh as mesh_lib, metrics as metrics_lib, records, rewind
+from launch import checkpoint, configs, corpus, data, evaluation, mesh as mesh_lib, metrics as metrics_lib, records
+from launch import rewind
 from launch import step as step_lib
 from models import transformer
 
@@ -47,6 +48,21 @@ class Member:
     workdir: Path
 
 
+def enable_compilation_cache(cfg) -> None:
+    """`train.compilation_cache`: jax's persistent compilation cache in `<data cache root>/xla` ("", the default),
+    in the given directory, or "off"; every program is cached, however small or fast to compile, so a rerun, a
+    resumed sweep or a second sweep of the same shapes loads its executables instead of compiling them
+    (benchmarks/compile_cache.py measures it). The cache directory is per process: the first Runtime sets it, and
+    a process that has one (a Runtime before, or JAX_COMPILATION_CACHE_DIR) keeps it."""
+    setting = cfg.train.compilation_cache
+    if setting == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    path = Path(setting).expanduser() if setting else corpus.cache_root(cfg.data) / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 class Runtime:
     """What runs of one program share: the mesh, the data source and the program, and its compiled groups.
 
@@ -55,6 +71,7 @@ class Runtime:
     """
 
     def __init__(self, cfg):
+        enable_compilation_cache(cfg)
         self.mesh = mesh_lib.make_mesh(cfg.mesh)
         self.source = data.make_source(
             cfg.data, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,

@@ -129,8 +129,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
 
     def forward(params, rest, batch_BxS, diagnostics: bool):
         model = nnx.merge(graphdef, params, rest)
-        logits_BxTxV, diag = model(batch_BxS[:, :-1], diagnostics)
-        loss, aux = transformer.lm_loss(logits_BxTxV, batch_BxS[:, 1:], cfg.loss.z_loss, diagnostics)
+        loss, aux, diag = model.loss(batch_BxS[:, :-1], batch_BxS[:, 1:], cfg.loss.z_loss, diagnostics)
         new_rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
         return loss, (aux, diag, new_rest)
 

@@ -1,4 +1,4 @@
-"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=local|batched]`.
+"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=auto|local|batched]`.
 
 A study is one experiment file: `get_config(arg)` is the base config (plus any `--config.a.b=v` of the command
 line) and `get_sweep(arg)` lists the trials as dotted-key override dicts (experiments/sweeps.py builds them).
@@ -23,6 +23,8 @@ Both executors run the one training loop (launch/loop.py). Trials whose configs 
            on. The group checkpoints every train.ckpt_every steps; a killed group resumes as the same group from
            its checkpoint, so its numbers equal an uninterrupted sweep's. Rewind needs one member: such trials
            run one at a time.
+  auto     (the default) each program group by the one of the two that measured faster for its platform, model
+           size and member count (`auto_executor`, which holds the measurements); it logs which and why.
 
 Rerunning the command skips the trials in results.jsonl; a kill loses only the trials in flight.
 
@@ -36,6 +38,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import re
 from pathlib import Path
 
@@ -219,7 +222,76 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
                          on_done=lambda i, summary: record(group[i], summary))
 
 
-EXECUTORS = {"local": run_local, "batched": run_batched}
+@dataclasses.dataclass(frozen=True)
+class ExecutorTiming:
+    """One measured sweep: the same trials by both executors, one after the other on one device."""
+
+    platform: str  # jax platform: cpu | gpu
+    device: str  # what it ran on
+    n_params: int  # parameters of the model (embeddings included)
+    members: int  # trials per program group
+    batched_over_local: float  # batched wall time / local wall time, compilation included
+    source: str
+
+
+# Every measured executor comparison (benchmarks/RESULTS.md "LR sweeps on the H200: batched vs local executor",
+# README "Batched vs local"); add a row when benchmarks/sweep_executors.sh is rerun.
+EXECUTOR_TIMINGS = (
+    ExecutorTiming("cpu", "2 CPU cores", 57_504, 4, 139 / 127, "README demo, small_scale_proxies:tiny, 32 trials"),
+    ExecutorTiming("gpu", "H200", 18_800_000, 7, 61.5 / 47.9, "RESULTS.md, 2.4m, 7 LRs x 300 steps of 64 x 512"),
+    ExecutorTiming("gpu", "H200", 42_300_000, 7, 86.7 / 64.5, "RESULTS.md, 9.4m, 7 LRs x 300 steps of 64 x 512"),
+)
+
+
+def auto_executor(platform: str, n_params: int, members: int, timings=EXECUTOR_TIMINGS) -> tuple[str, str]:
+    """(executor, why) of `--executor=auto` for a program group of `members` trials of an `n_params` model.
+
+    The rule: batched where a measured sweep on the same platform, of the model size nearest to this one (in
+    log-parameters), with at least as many members per group, ran faster batched than local; local otherwise (a
+    group of one, no measurement on this platform). Measured so far (`EXECUTOR_TIMINGS`):
+
+        platform  device       params  members  batched / local wall time
+        cpu       2 cores      57.5K   4        1.09   (139 s vs 127 s; the README demo's 32 trials)
+        gpu       H200         18.8M   7        1.28   (2.4m: 61.5 s vs 47.9 s)
+        gpu       H200         42.3M   7        1.34   (9.4m: 86.7 s vs 64.5 s; both GPU rows predate session 8's
+                                                        batched-step fixes, member-step now 1.03x / 1.05x a single step)
+
+    so today auto picks local everywhere: one trial already keeps the device busy, and batching saves only
+    per-trial host work. Fewer members than the measurement amortise less, so they never extrapolate to batched.
+    """
+    if members < 2:
+        return "local", "a group of one trial"
+    same = [t for t in timings if t.platform == platform]
+    if not same:
+        return "local", f"no executor timing measured on {platform}"
+    t = min(same, key=lambda t: abs(math.log(n_params / t.n_params)))
+    verdict = f"batched took {t.batched_over_local:.2f}x local's wall time at {t.n_params / 1e6:.3g}M params, " \
+              f"{t.members} members on {t.device} ({t.source})"
+    if t.batched_over_local < 1.0 and members >= t.members:
+        return "batched", verdict
+    return "local", verdict
+
+
+def run_auto(trials: list[Trial], workdir: Path, record: Recorder) -> None:
+    """Each program group by the executor `auto_executor` picks for it (logged with the reason): the local groups
+    first, then the batched ones. The pick depends on the platform and the group alone, so a rerun on the same
+    machine resumes every group with the executor it started with."""
+    from launch import memory
+
+    platform = jax.devices()[0].platform
+    picked: dict[str, list[Trial]] = {"local": [], "batched": []}
+    groups = group_trials(trials)
+    for g, group in enumerate(groups):
+        name, why = auto_executor(platform, memory.n_params(group[0].cfg.model), len(group), EXECUTOR_TIMINGS)
+        logging.info("executor auto: group %d/%d (%d trials): %s (%s)", g + 1, len(groups), len(group), name, why)
+        picked[name] += group
+    if picked["local"]:
+        run_local(picked["local"], workdir, record)
+    if picked["batched"]:
+        run_batched(picked["batched"], workdir, record)
+
+
+EXECUTORS = {"auto": run_auto, "local": run_local, "batched": run_batched}
 
 
 # ---- the sweep ----------------------------------------------------------------------------------------------------
@@ -246,7 +318,7 @@ def shard_trials(trials: list[Trial], index: int, count: int) -> list[Trial]:
 
 
 def run_sweep(
-    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "local", shard: str = ""
+    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "auto", shard: str = ""
 ):
     """Runs the trials of `sweep` (of shard `shard`, "i/n") not yet in `workdir/results.jsonl`, writes the report
     of everything finished so far; returns all result rows."""
@@ -285,6 +357,8 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from absl import flags
 
-    flags.DEFINE_enum("executor", "local", list(EXECUTORS), "local: trials one after another; batched: vmapped groups")
+    flags.DEFINE_enum("executor", "auto", list(EXECUTORS),
+                      "auto: per program group, what was measured faster (sweep.auto_executor); local: trials one "
+                      "after another; batched: vmapped groups")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
     cli.run(main, config="file", workdir=True)

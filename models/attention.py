@@ -201,14 +201,79 @@ def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, ep
     return s, a
 
 
+def lssar_blocked(q_BxQxHxK, k_BxTxHxK, v_BxTxHxK, pos_Q, *, key_chunk: int, reweight: bool, power: int, eps: float):
+    """`lssar_weights` mixed with v ([B, Q, H, K], float32) without the [B, H, Q, T] weights: keys `key_chunk` at a
+    time, so the largest live arrays are [B, H, Q, key_chunk] (memory O(Q · key_chunk), not O(Q · T)).
+
+    Every quantity of the reference is a row sum, a row max or elementwise, so it splits over key blocks:
+      LSSA (one pass):   Z_i = Σ_j a_ij and Y_i = Σ_j a_ij v_j, out_i = Y_i / (Z_i + eps)
+      LSSAR (two):       pass 1: Z_i and a_max,i = max_j a_ij, so m_i = max_j r_ij = ReLU(a_max,i n_i / (Z_i + eps)
+                         − o_i) (r is monotone in a); pass 2: r_ij from a_ij and Z_i, u_ij = (r_ij / m_i)^p,
+                         out_i = Σ_j u_ij v_j / (Σ_j u_ij + eps m_i^-p)
+    with `lssar_weights`'s overflow-safe form and stop-gradient m. Each pass is a `lax.scan` over key blocks with a
+    `jax.checkpoint`ed body (the backward recomputes a block's weights); keys past T pad the last block and are
+    masked like future keys. Equal to the reference up to the order of the row sums.
+    """
+    B, T, H, Dh = k_BxTxHxK.shape
+    C = min(key_chunk, T)
+    n = -(-T // C)
+    q = _l2_normalize(q_BxQxHxK.astype(jnp.float32))
+    blocks = lambda x: jnp.pad(x, ((0, 0), (0, n * C - T), (0, 0), (0, 0))).reshape(B, n, C, H, Dh).swapaxes(0, 1)
+    k_NxBxCxHxK = blocks(_l2_normalize(k_BxTxHxK.astype(jnp.float32)))
+    v_NxBxCxHxK = blocks(v_BxTxHxK.astype(jnp.float32))
+    n_Qx1 = (pos_Q + 1).astype(jnp.float32)[:, None]
+    scale_Qx1 = math.log(Dh) * jnp.log(n_Qx1)
+    offset_Qx1 = jnp.where(n_Qx1 > LSSAR_OFFSET_FREE_ROWS, 1.0, 0.0)
+
+    def stage1(i, k_BxCxHxK):  # softplus(s) ⊙ M' of key block i: [B, H, Q, C]
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k_BxCxHxK) * scale_Qx1
+        return jnp.where(i * C + jnp.arange(C)[None, :] <= pos_Q[:, None], jax.nn.softplus(s), 0.0)
+
+    def scan(body, init, *xs):  # the sums of body(i, *block_i) over key blocks i; body's backward recomputes
+        def step(carry, x):
+            return jax.tree.map(jnp.add, carry, body(*x)), None
+
+        return jax.lax.scan(jax.checkpoint(step), init, (jnp.arange(n), *xs))[0]
+
+    rows = jnp.zeros((B, H, q.shape[1]), jnp.float32)
+    mixed = jnp.zeros(q.shape, jnp.float32)
+    mix = lambda w, v: jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    if not reweight:
+        def lssa(i, k, v):
+            a = stage1(i, k)
+            return a.sum(-1), mix(a, v)
+
+        z, y = scan(lssa, (rows, mixed), k_NxBxCxHxK, v_NxBxCxHxK)
+        return y / (jnp.moveaxis(z, 1, 2)[..., None] + eps)
+
+    def z_and_max(carry, x):  # pass 1: Z (differentiated) and the row max of a (only m uses it: no gradient)
+        a = stage1(*x)
+        return (carry[0] + a.sum(-1), jnp.maximum(carry[1], jax.lax.stop_gradient(a).max(-1))), None
+
+    z, a_max = jax.lax.scan(jax.checkpoint(z_and_max), (rows, rows), (jnp.arange(n), k_NxBxCxHxK))[0]
+    zn_BxHxQ = z + eps
+    m = jax.lax.stop_gradient(jnp.maximum(a_max / zn_BxHxQ * n_Qx1[:, 0] - offset_Qx1[:, 0], 0.0))
+    m = jnp.where(m > 0.0, m, 1.0)
+
+    def reweighted(i, k, v):
+        r = jnp.maximum(stage1(i, k) / zn_BxHxQ[..., None] * n_Qx1 - offset_Qx1, 0.0)
+        u = (r / m[..., None]) ** power
+        return u.sum(-1), mix(u, v)
+
+    u_sum, y = scan(reweighted, (rows, mixed), k_NxBxCxHxK, v_NxBxCxHxK)
+    return y / jnp.moveaxis(u_sum + eps * m ** (-power), 1, 2)[..., None]
+
+
 @dataclasses.dataclass(frozen=True)
 class SoftplusKernel:
     """LSSA / LSSAR attention (Gao & Spratling 2025, arXiv 2501.13428; spec §4), replacing softmax(q kᵀ/sqrt(Dh)).
 
     q and k arrive after RoPE and are L2-normalised here (order RoPE -> L2 [D]); there is no 1/sqrt(Dh), the mask
     is multiplicative and no parameter depends on the length, so a model trained at length T evaluates at any
-    length. `query_chunk` > 0 processes queries in blocks of that many (memory [B, H, chunk, T] instead of
-    [B, H, T, T]) on the fast path, for long-context evaluation. Diagnostics: attn_max_logit is the stage-1
+    length. On the fast path `query_chunk` > 0 processes queries in blocks of that many (each block's backward
+    recomputes its weights: memory [B, H, chunk, T] instead of [B, H, T, T], train and eval), and `key_chunk` > 0
+    takes keys in blocks of that many (`lssar_blocked`: no [B, H, Q, T] weights at all; with both, memory
+    [B, H, query_chunk, key_chunk]). Diagnostics (the explicit weights): attn_max_logit is the stage-1
     pre-activation max; attn_degenerate_frac the fraction of rows that re-weighting zeroed (spec §4(e)2).
     """
 
@@ -216,17 +281,24 @@ class SoftplusKernel:
     power: int
     eps: float
     query_chunk: int
+    key_chunk: int = 0
 
     @classmethod
     def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftplusKernel:
         sp = cfg.softplus
-        if sp.power < 1 or sp.query_chunk < 0:
-            raise ValueError(f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk} >= 0")
-        return cls(reweight=sp.reweight, power=sp.power, eps=sp.eps, query_chunk=sp.query_chunk)
+        if sp.power < 1 or sp.query_chunk < 0 or sp.key_chunk < 0:
+            raise ValueError(
+                f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk}, "
+                f"key_chunk={sp.key_chunk} >= 0"
+            )
+        return cls(
+            reweight=sp.reweight, power=sp.power, eps=sp.eps, query_chunk=sp.query_chunk, key_chunk=sp.key_chunk
+        )
 
     def __call__(self, q, k, v, diagnostics: bool):
         B, T, H, K = q.shape
-        weights = functools.partial(lssar_weights, reweight=self.reweight, power=self.power, eps=self.eps)
+        settings = dict(reweight=self.reweight, power=self.power, eps=self.eps)
+        weights = functools.partial(lssar_weights, **settings)
         v32 = v.astype(jnp.float32)
         mix = lambda a: jnp.einsum("bhqk,bkhd->bqhd", a, v32)
         if diagnostics:
@@ -241,11 +313,14 @@ class SoftplusKernel:
 
         def chunk(i):
             pos_C = i * C + jnp.arange(C)
-            return mix(weights(jax.lax.dynamic_slice_in_dim(q_pad, i * C, C, axis=1), k, pos_C)[1])
+            q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, i * C, C, axis=1)
+            if self.key_chunk:
+                return lssar_blocked(q_BxCxHxK, k, v, pos_C, key_chunk=self.key_chunk, **settings)
+            return mix(weights(q_BxCxHxK, k, pos_C)[1])
 
         if n_chunks == 1:
             return chunk(0).astype(v.dtype), {}
-        out_NxBxCxHxK = jax.lax.map(chunk, jnp.arange(n_chunks))
+        out_NxBxCxHxK = jax.lax.map(jax.checkpoint(chunk), jnp.arange(n_chunks))
         out = jnp.moveaxis(out_NxBxCxHxK, 0, 1).reshape(B, n_chunks * C, H, K)[:, :T]
         return out.astype(v.dtype), {}
 

@@ -8,6 +8,9 @@ per-head qk-layernorm. The stability variants plug in by config: `model.attentio
 `model.dtype`; norms, softmax and logsumexp in float32; logits in `model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
+`Transformer.loss(tokens, targets, z_loss)` is the train/eval objective: the same loss, through `chunked_lm_loss`
+when `model.loss_chunk` / `model.pad_vocab_to` apply (the head's logits by position chunks and over the vocabulary
+padded to a GEMM-friendly width; never the full [B, T, V] float32 logits with chunks).
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import attention, fp8, layers, mlp
+
+
+def padded_vocab(cfg) -> int:
+    """V' = V rounded up to a multiple of `model.pad_vocab_to` (>= 1): the head's width inside `chunked_lm_loss`."""
+    for field in ("pad_vocab_to", "loss_chunk"):
+        if not isinstance(cfg[field], int) or cfg[field] < (field == "pad_vocab_to"):
+            raise ValueError(f"model.{field}={cfg[field]!r} must be an integer >= {int(field == 'pad_vocab_to')}")
+    return -(-cfg.vocab_size // cfg.pad_vocab_to) * cfg.pad_vocab_to
 
 
 def dims(cfg) -> tuple[int, int]:
@@ -61,6 +72,13 @@ class Transformer(nnx.Module):
         )
         self.remat = cfg.remat
         self.logits_dtype = jnp.dtype(cfg.logits_dtype)
+        self.vocab_size, self.loss_chunk = cfg.vocab_size, cfg.loss_chunk
+        self.padded_vocab = padded_vocab(cfg)
+        if cfg.loss_chunk and "head" in fp8.targets(cfg):
+            raise ValueError(
+                f"model.loss_chunk={cfg.loss_chunk} needs a non-FP8 head (an FP8 head scales the whole logits tensor"
+                " at once): set model.loss_chunk=0 or drop head from model.fp8.targets"
+            )
 
     def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
         """x0: what enters block 0 (the embedding, then `model.embed_scale`)."""
@@ -69,6 +87,15 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
+        x_BxTxD, diag = self.features(tokens_BxT, diagnostics)
+        if self.head is None:
+            logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
+        else:
+            logits_BxTxV = self.head(x_BxTxD)
+        return logits_BxTxV, diag
+
+    def features(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
+        """What enters the output head (the final norm's output), and per-layer diagnostics."""
         x_BxTxD = self.embed_tokens(tokens_BxT)
         diag = {}
         for i, block in enumerate(self.blocks):
@@ -77,12 +104,41 @@ class Transformer(nnx.Module):
             else:
                 x_BxTxD, d = block(x_BxTxD, diagnostics)
             diag.update({f"{k}/layer_{i}": v for k, v in d.items()})
-        x_BxTxD = self.final_norm(x_BxTxD)
-        if self.head is None:
-            logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
-        else:
-            logits_BxTxV = self.head(x_BxTxD)
-        return logits_BxTxV, diag
+        return self.final_norm(x_BxTxD), diag
+
+    def loss(
+        self, tokens_BxT: jax.Array, targets_BxT: jax.Array, z_loss: float, diagnostics: bool = False
+    ) -> tuple[jax.Array, dict, dict]:
+        """(`lm_loss`'s total loss, its metrics, the per-layer diagnostics): the objective of the train and eval steps.
+
+        With `model.loss_chunk` > 0 or a vocabulary that `model.pad_vocab_to` pads, and not on a diagnostic pass,
+        through `chunked_lm_loss`: the head's logits exist only chunk by chunk and over the padded vocabulary.
+        Otherwise (and on diagnostic passes, whose output-logit statistics need every logit) the reference: the
+        full logits of `__call__`, then `lm_loss`. Both give the same loss and gradients up to float rounding
+        (tests/models/test_chunked_loss.py states the tolerances).
+        """
+        if diagnostics or not (self.loss_chunk or self.padded_vocab > self.vocab_size):
+            logits_BxTxV, diag = self(tokens_BxT, diagnostics)
+            return (*lm_loss(logits_BxTxV, targets_BxT, z_loss, diagnostics), diag)
+        x_BxTxD, diag = self.features(tokens_BxT)
+        # the [d, V] kernel as the head's matmul uses it (σReparam applied once per forward, as in `__call__`),
+        # zero-padded to [d, V'] in its storage dtype, so each chunk's kernel gradient adds up in that dtype
+        w_DxV = self.embed.embedding[...].T if self.head is None else self.head.weight()
+        w_DxV = jnp.pad(w_DxV, ((0, 0), (0, self.padded_vocab - self.vocab_size)))
+        loss, metrics = chunked_lm_loss(
+            lambda x: self.head_matmul(x, w_DxV), x_BxTxD, targets_BxT, z_loss, self.loss_chunk, self.vocab_size
+        )
+        return loss, metrics, diag
+
+    def head_matmul(self, x_BxTxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
+        """x . w in `model.logits_dtype` for a head kernel w (the chunked loss's, possibly padded): the untied head's
+        own matmul (FP8 or not); for a tied head, like the untied one (float32 logits, backward in `model.dtype`)."""
+        if self.head is not None:
+            return self.head.apply(x_BxTxD, w_DxV)
+        x_BxTxD, w_DxV = x_BxTxD.astype(self.embed.dtype), w_DxV.astype(self.embed.dtype)
+        if self.logits_dtype == jnp.float32 and self.embed.dtype != jnp.float32:
+            return layers.dot_wide_out(x_BxTxD, w_DxV, 1)
+        return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV, preferred_element_type=self.logits_dtype)
 
 
 # name -> meaning of `output_logit_stats` (what `lm_loss` adds on diagnostic steps)
@@ -113,7 +169,7 @@ def lm_loss(
 
     Returns (total loss, metrics) with metrics["ce"] the cross-entropy alone (what eval and LR sensitivity use).
     """
-    logits = logits_BxTxV.astype(jnp.float32)
+    logits = logits_BxTxV.astype(loss_dtype(logits_BxTxV))
     ce_BxT, logz_BxT = token_ce(logits, targets_BxT)
     ce = ce_BxT.mean()
     zl = jnp.square(logz_BxT).mean()
@@ -123,13 +179,68 @@ def lm_loss(
     return ce + z_loss * zl, metrics
 
 
+def chunked_lm_loss(
+    logits_fn, x_BxTxD: jax.Array, targets_BxT: jax.Array, z_loss: float, chunk: int, vocab_size: int
+) -> tuple[jax.Array, dict]:
+    """`lm_loss` of the logits `logits_fn(x)` without the [B, T, V] float32 logits of the whole batch.
+
+    `logits_fn` maps features [B, C, D] to logits [B, C, V'] with V' >= `vocab_size`; the columns from
+    `vocab_size` on (the head's padding, `model.pad_vocab_to`) are set to -inf, so they add exp(-inf) = 0 to Z and
+    get a zero gradient. With `chunk` > 0 the positions go `chunk` at a time (every batch row in each chunk, so a
+    batch sharded over rows stays sharded) through a `lax.scan` whose body is `jax.checkpoint`ed: the forward
+    keeps two running float32 sums (CE and log² Z), the backward recomputes each chunk's logits, so the live
+    logits are [B, chunk, V'] (the "chunked cross-entropy" of Liger-Kernel / Wijmans et al. 2024, "Cut your losses
+    in large-vocabulary language models", in jnp). A `chunk` that does not divide T pads the last chunk with
+    positions of weight 0. `chunk` = 0: one chunk. Equal to `lm_loss` up to the order of the sums, except that
+    each chunk's head-kernel gradient is formed in the matmul's dtype before the sum over chunks (bf16 compute:
+    bf16-rounded partials summed in float32 where the reference rounds the whole sum once).
+    """
+    B, T, D = x_BxTxD.shape
+
+    def sums(x_BxCxD, t_BxC, weight_C):
+        logits = logits_fn(x_BxCxD)
+        logits = logits.astype(loss_dtype(logits))
+        if logits.shape[-1] > vocab_size:
+            vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+            logits = jnp.where(vocab < vocab_size, logits, -jnp.inf)
+        ce_BxC, logz_BxC = token_ce(logits, t_BxC)
+        zsq_BxC = jnp.square(logz_BxC)
+        if weight_C is not None:
+            ce_BxC, zsq_BxC = ce_BxC * weight_C, zsq_BxC * weight_C
+        return ce_BxC.sum(), zsq_BxC.sum()
+
+    if not chunk or chunk >= T:
+        ce_sum, zsq_sum = sums(x_BxTxD, targets_BxT, None)
+    else:
+        n = -(-T // chunk)
+        pad = n * chunk - T
+        x_NxBxCxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
+        t_NxBxC = jnp.pad(targets_BxT, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
+        weight_NxC = (jnp.arange(n * chunk) < T).astype(jnp.float32).reshape(n, chunk)
+
+        @jax.checkpoint
+        def body(carry, chunk_inputs):
+            ce, zsq = sums(*chunk_inputs)
+            return (carry[0] + ce, carry[1] + zsq), None
+
+        zero = jnp.zeros([], loss_dtype(jax.eval_shape(logits_fn, x_NxBxCxD[0])))
+        (ce_sum, zsq_sum), _ = jax.lax.scan(body, (zero, zero), (x_NxBxCxD, t_NxBxC, weight_NxC))
+    ce, zl = ce_sum / (B * T), zsq_sum / (B * T)
+    return ce + z_loss * zl, {"ce": ce, "z_loss": zl}
+
+
+def loss_dtype(x: jax.Array) -> jnp.dtype:
+    """The dtype the loss reduces in: float32, or float64 for float64 logits (the tests' exact references)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def token_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cross-entropy per position, log Z per position), in float32; `lm_loss`'s CE is the mean of the first."""
-    logits = logits_BxTxV.astype(jnp.float32)
+    """(cross-entropy per position, log Z per position), in `loss_dtype`; `lm_loss`'s CE is the mean of the first."""
+    logits = logits_BxTxV.astype(loss_dtype(logits_BxTxV))
     logz_BxT = jax.nn.logsumexp(logits, axis=-1)
     # The target logit as a masked sum rather than a gather: its gradient is then an elementwise select that XLA
     # fuses into the softmax backward, instead of a scatter into a [B, T, V] zero tensor.
-    vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+    vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     target_logit_BxT = jnp.sum(jnp.where(vocab_BxTxV == targets_BxT[..., None], logits, 0.0), axis=-1)
     return logz_BxT - target_logit_BxT, logz_BxT
 

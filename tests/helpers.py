@@ -35,3 +35,24 @@ def restore(directory: Path, step: int, cfg) -> dict:
         return jax.tree.map(np.asarray, ckpt.restore(step, prog.abstract_state()))
     finally:
         ckpt.close()
+
+
+def largest_intermediate(fn, *args) -> int:
+    """The element count of the largest array any equation of `fn(*args)`'s jaxpr produces, nested jaxprs (scan
+    bodies, checkpoints, custom rules) included: what a memory claim such as "never T x T" is checked against."""
+    from jax.extend import core
+
+    def walk(jaxpr) -> int:
+        biggest = 0
+        for eqn in jaxpr.eqns:
+            for v in eqn.outvars:
+                biggest = max(biggest, int(np.prod(getattr(v.aval, "shape", ()))))
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (tuple, list)) else (p,):
+                    if isinstance(sub, core.ClosedJaxpr):
+                        biggest = max(biggest, walk(sub.jaxpr))
+                    elif isinstance(sub, core.Jaxpr):
+                        biggest = max(biggest, walk(sub))
+        return biggest
+
+    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
