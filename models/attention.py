@@ -468,9 +468,11 @@ def check_qk_clip(cfg) -> None:
 
 def qk_clip_scales(max_logit_H: jax.Array, tau: float) -> jax.Array:
     """The per-head factor of QK-clip (Kimi K2 / MuonClip, Kimi Team 2025, §2.1): sqrt(τ / S_h) for a head whose
-    max logit S_h of the step exceeded τ, else 1 (NaN: 1). Applied to both Wq and Wk, it scales that head's
-    logits by τ / S_h, so the same input then gives the max logit τ exactly."""
-    return jnp.where(max_logit_H > tau, jnp.sqrt(tau / jnp.where(max_logit_H > tau, max_logit_H, 1.0)), 1.0)
+    max logit S_h of the step exceeded τ, else 1 (also for a non-finite S_h: that step's loss diverged, and the
+    divergence rule, not the clip, decides). Applied to both Wq and Wk, it scales that head's logits by τ / S_h, so
+    the same input then gives the max logit τ exactly."""
+    clip_H = jnp.isfinite(max_logit_H) & (max_logit_H > tau)
+    return jnp.where(clip_H, jnp.sqrt(tau / jnp.where(clip_H, max_logit_H, 1.0)), 1.0)
 
 
 def clip_qk(attn_params: dict, scale_H: jax.Array) -> dict:
