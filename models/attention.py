@@ -96,7 +96,9 @@ def attention_diagnostics(z_BxHxTxT: jax.Array, probs_BxHxTxT: jax.Array, eps: f
 def softmax_mix(z_BxHxTxT: jax.Array, v_BxTxHxK: jax.Array, softcap: float = 0.0) -> tuple[jax.Array, dict]:
     """softmax over keys of masked fp32 logits (soft-capped first when `softcap` > 0: masked entries stay -inf), the
     mixed values, and the diagnostics of those logits (of the logits before the cap)."""
-    capped = z_BxHxTxT if not softcap else jnp.where(z_BxHxTxT == -jnp.inf, -jnp.inf, layers.softcap(z_BxHxTxT, softcap))
+    capped = z_BxHxTxT
+    if softcap:
+        capped = jnp.where(z_BxHxTxT == -jnp.inf, -jnp.inf, layers.softcap(z_BxHxTxT, softcap))
     probs = jax.nn.softmax(capped, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxTxHxK.dtype), v_BxTxHxK)
     return out, attention_diagnostics(z_BxHxTxT, probs)
@@ -109,7 +111,7 @@ def check_softcap(cfg) -> float:
     if cfg.attn_softcap < 0:
         raise ValueError(f"model.attn_softcap={cfg.attn_softcap} must be >= 0 (0 = off)")
     if cfg.attn_softcap and cfg.attention_impl == "cudnn":
-        raise ValueError("model.attn_softcap needs the explicit attention, not cuDNN; set model.attention_impl=xla or auto")
+        raise ValueError("model.attn_softcap needs the explicit attention, not cuDNN; set model.attention_impl=xla|auto")
     return float(cfg.attn_softcap)
 
 
@@ -120,8 +122,8 @@ class SoftmaxKernel:
     `softcap` > 0 (`model.attn_softcap`): softmax(softcap·tanh(z/softcap)) through the explicit float32 logits
     (`check_softcap`). `max_logits` (`model.qk_clip`): the training forward also returns each head's max logit
     (`attn_max_logit_per_head`). The explicit path has it for free; the fast path, which never forms the logits,
-    pays one extra forward-only q·kᵀ matmul and max per layer (2·B·H·T²·Dh FLOPs, half of the attention forward's,
-    and a transient float32 [B, H, T, T] unless XLA fuses the reduction; no backward)."""
+    pays one extra forward-only q·kᵀ matmul and max per layer (2·B·H·T²·Dh FLOPs, half of the attention
+    forward's, and a transient float32 [B, H, T, T] unless XLA fuses the reduction; no backward)."""
 
     scale: float
     impl: str
@@ -195,7 +197,8 @@ class LongShortKernel:
     def logits(self, q, k) -> jax.Array:
         """The masked logits [B, H, T, T] (each head's own mask, `long_short_mask`), float32."""
         _, T, H, _ = q.shape
-        return jnp.where(long_short_mask(T, H, self.n_global, self.window)[None], causal_logits(q, k, self.scale), -jnp.inf)
+        mask_HxTxT = long_short_mask(T, H, self.n_global, self.window)
+        return jnp.where(mask_HxTxT[None], causal_logits(q, k, self.scale), -jnp.inf)
 
     def __call__(self, q, k, v, diagnostics: bool):
         _, T, H, _ = q.shape

@@ -115,8 +115,8 @@ def check_mup(cfg) -> None:
 
 def mup_init(cfg) -> Inits:
     """μParam (simple) init (Wortsman et al. 2023, "μParam (simple)"; spec model-variants §6(d)5; μP of Yang et al.
-    2022, Table 3, for Adam): every kernel trunc-normal 1/sqrt(fan_in) as in `fan_in_init` (the μP hidden/output rule), and
-    the embedding N(0, 1/b) with b = `model.mup_base_width` instead of N(0, 1/d): input weights keep a
+    2022, Table 3, for Adam): every kernel trunc-normal 1/sqrt(fan_in) as in `fan_in_init` (the μP hidden/output
+    rule), and the embedding N(0, 1/b) with b = `model.mup_base_width` instead of N(0, 1/d): input weights keep a
     width-independent init in μP, and anchoring it at the base width makes the base-width model the `fan_in`
     baseline exactly [D]. The per-layer LR multipliers that complete it: `models.transformer.mup_lr_multipliers`."""
     check_mup(cfg)
@@ -356,7 +356,7 @@ def make_embed_scale(cfg) -> nnx.Module | None:
 
 
 def sinusoidal_positions(T: int, d: int) -> jax.Array:
-    """float32[T, d]: Vaswani et al. 2017 §3.5, PE(t, 2i) = sin(t / 10000^(2i/d)), PE(t, 2i+1) = cos(t / 10000^(2i/d))."""
+    """float32[T, d], Vaswani et al. 2017 §3.5: PE(t, 2i) = sin(t / 10000^(2i/d)), PE(t, 2i+1) = cos(the same)."""
     angle_TxF = jnp.arange(T, dtype=jnp.float32)[:, None] * 10000.0 ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
     return jnp.stack([jnp.sin(angle_TxF), jnp.cos(angle_TxF)], axis=-1).reshape(T, d)
 
@@ -379,7 +379,7 @@ class LearnedPositions(nnx.Module):
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         T, max_positions = x_BxTxD.shape[1], self.embedding.shape[0]
         if T > max_positions:
-            raise ValueError(f"sequence length {T} exceeds model.max_positions={max_positions} (model.position=learned)")
+            raise ValueError(f"sequence length {T} exceeds model.max_positions={max_positions} (position=learned)")
         return x_BxTxD + self.embedding[...][:T].astype(x_BxTxD.dtype)[None]
 
 

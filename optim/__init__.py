@@ -188,6 +188,6 @@ __all__ = [
     "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "Schedule", "SkipStepState", "SpamState",
     "adam_attenuation", "clip_by_component_norm", "clip_by_global_norm", "constant", "cycle_ends", "cyclic_cosine",
     "decay_ends", "decay_mask", "global_norm", "hparams_from_config", "make_optimizer", "make_schedule",
-    "scale_by_adam", "scale_by_multipliers", "scale_by_spam", "schedules", "sgd_momentum", "skip_step", "spam", "stacked_by_path",
+    "scale_by_adam", "scale_by_spam", "schedules", "sgd_momentum", "skip_step", "spam", "stacked_by_path",
     "state_metrics", "warmup_cosine", "with_lr_schedule", "wsd", "wsd_s",
 ]
