@@ -11,6 +11,10 @@ the q/k/v projections are built. A variant is one kernel class (or projection) p
             (Gao & Spratling 2025, spec §4)
   mlra      softmax attention whose Wq, Wk, Wv are low-rank products A·B (Chung et al. 2024, spec §2)
 
+Logit controls (issue 16): `model.attn_softcap` (Gemma 2's c·tanh(z/c) on the softmax kernels' logits, explicit
+path) and `model.qk_clip` (Kimi K2's per-head rescale of Wq, Wk after a step: `check_qk_clip`, `qk_clip_scales`,
+`clip_qk`; the kernels return each head's max logit from the training forward for it).
+
 Methods that constrain the logits through Q/K (qk-layernorm, a variant whose entry says `bounds_logits`, σReparam
 on Wq/Wk) are not stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
 
