@@ -93,6 +93,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.pad_vocab_to = 128  # (int >= 1; 1 = off) the loss's head matmul runs over V rounded up to this multiple (GPU
     #                       GEMM tiles), the padded logits masked to -inf; the head param stays [d, V]
 
+    # stability levers of issue 16 (models/; each off by default and free when off: tests/models/test_levers.py)
+    m.mup = False  # (bool) μParam (simple) (Wortsman et al. 2023): embedding init N(0, 1/mup_base_width), every
+    #                matrix's LR x mup_base_width / d_model (optim/mup.py); needs init=fan_in and an untied head
+    m.mup_base_width = 256  # (int >= 1) with mup: the width whose LR transfers; at d_model = mup_base_width μParam is
+    #                         the baseline (paper: 256, the smallest width of its ladder)
+    m.attn_softcap = 0.0  # (float >= 0; 0 = off) attention-logit soft-cap c·tanh(z/c) before the softmax (Gemma 2:
+    #                       50); runs the explicit float32 attention, refused with attention_impl=cudnn
+    m.final_softcap = 0.0  # (float >= 0; 0 = off) output-logit soft-cap c·tanh(y/c) before the loss (Gemma 2: 30)
+    m.qk_clip = 0.0  # (float >= 0; 0 = off) QK-clip τ (Kimi K2): after each step, Wq and Wk of a head whose max logit
+    #                  S in that step exceeded τ are scaled by sqrt(τ/S) each (softmax | ls; not with qk_norm)
+    m.norm_position = "pre"  # (str: pre|peri) pre: x + F(LN(x)); peri: x + LN'(F(LN(x))), Peri-LN (Kim et al. 2025)
+    m.position = "rope"  # (str: registry models.layers.POSITIONS) rope (in attention) | sinusoidal (Vaswani et al.
+    #                      2017) | learned (GPT-2); sinusoidal and learned are added to the embedding output
+    m.max_positions = 2048  # (int >= 1) with position=learned: rows of the table, the longest sequence it embeds
+    m.embed_detach = 0.0  # (float >= 0, <= 1; 0 = off) Embed Detach α (GLM-130B: 0.1): x0 = α·e + (1-α)·sg(e), so
+    #                       the embedding's gradient is scaled by α (the Spike No More comparison, spec §7)
+
     # SwiGLU / Smooth-SwiGLU and FP8 linears (Fishman et al. 2024; spec model-variants §5; models/mlp.py, models/fp8.py)
     m.swiglu_multiple_of = 256  # swiglu width for d_ff=0: 8d/3 rounded up to this multiple (Llama; 11008 at d=4096)
     m.smooth_swiglu = ml_collections.ConfigDict()  # mlp=smooth_swiglu: the down-projection input's smoothing scale

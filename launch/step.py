@@ -98,7 +98,9 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(lambda: new_model(0)), nnx.Param, ...)
     param_shardings = mesh_lib.named(mesh, mesh_lib.state_specs(abs_params, mesh))
     rest_shardings = mesh_lib.named(mesh, mesh_lib.state_specs(abs_rest, mesh))
-    tx0 = optim.make_optimizer(cfg.optim, total_steps)
+    lr_multipliers = transformer.mup_lr_multipliers(model_cfg, nnx.to_pure_dict(abs_params))  # model.mup; or None
+    post_update = transformer.post_update(model_cfg)  # model.qk_clip's rescale after the update; or None
+    tx0 = optim.make_optimizer(cfg.optim, total_steps, lr_multipliers=lr_multipliers)
     abs_opt = jax.eval_shape(tx0.init, nnx.to_pure_dict(abs_params))
     replicated = NamedSharding(mesh, P())
     opt_shardings = optax.tree_map_params(
@@ -138,19 +140,19 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     grad_fn = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)
 
     def gradients(state, batch_BxS, hparams):
-        (loss, (aux, _, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False)
+        (loss, (aux, stats, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False)
         new_rest = fp8.apply_meta_grads(new_rest, rest_grads)
         if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss on that batch
             batch_num = state["step"] + state["data_offset"] + 1
             spike = jnp.where(batch_num == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
             grads = jax.tree.map(lambda g: g * spike.astype(g.dtype), grads)
-        tx = optim.make_optimizer(cfg.optim, total_steps, hparams)
+        tx = optim.make_optimizer(cfg.optim, total_steps, hparams, lr_multipliers)
         # skip_step judges the unscaled CE and the (possibly spiked) gradient norm (spec optimizers §10)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"], loss=aux["ce"])
-        return loss, aux, new_rest, grads, updates, opt_state
+        return loss, aux, new_rest, grads, updates, opt_state, stats
 
     def train_step(state, batch_BxS, hparams):
-        loss, aux, new_rest, grads, updates, opt_state = gradients(state, batch_BxS, hparams)
+        loss, aux, new_rest, grads, updates, opt_state, stats = gradients(state, batch_BxS, hparams)
         step_metrics = dict(
             loss=loss,
             grad_norm=optax.global_norm(grads),
@@ -159,9 +161,12 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             **optim.state_metrics(opt_state),
         )
         alive = state["alive"] & ~diverged(loss, aux["ce"], divergence_threshold(cfg, state["initial_loss"]))
+        params = optax.apply_updates(state["params"], updates)
+        if post_update is not None:  # the model's own step on the new params, from this step's forward (stats)
+            params, post_metrics = post_update(params, stats)
+            step_metrics.update(post_metrics)
         new_state = dict(
-            state, params=optax.apply_updates(state["params"], updates), rest=new_rest, opt_state=opt_state,
-            step=state["step"] + 1, alive=alive,
+            state, params=params, rest=new_rest, opt_state=opt_state, step=state["step"] + 1, alive=alive,
         )
         if rewind:  # the rewind's spike test on this step's CE (the data offset passes through untouched)
             _, test = detector.update((), state["spike_detector"], loss=aux["ce"])
@@ -194,7 +199,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         Metric names: README "Diagnostics" (`models.probes.diagnostic_names` lists a config's).
         """
         rows = cfg.train.diag_rows or batch_BxS.shape[0]
-        _, _, _, grads, updates, opt_state = gradients(state, batch_BxS, hparams)
+        _, _, _, grads, updates, opt_state, _ = gradients(state, batch_BxS, hparams)
         _, (aux, diag, rest) = forward(state["params"], state["rest"], batch_BxS[:rows], True)
         model = nnx.merge(graphdef, state["params"], rest)  # this forward's σReparam estimates; never kept
         out = {k: v for k, v in aux.items() if k not in ("ce", "z_loss")}

@@ -11,6 +11,10 @@ the q/k/v projections are built. A variant is one kernel class (or projection) p
             (Gao & Spratling 2025, spec §4)
   mlra      softmax attention whose Wq, Wk, Wv are low-rank products A·B (Chung et al. 2024, spec §2)
 
+Logit controls (issue 16): `model.attn_softcap` (Gemma 2's c·tanh(z/c) on the softmax kernels' logits, explicit
+path) and `model.qk_clip` (Kimi K2's per-head rescale of Wq, Wk after a step: `check_qk_clip`, `qk_clip_scales`,
+`clip_qk`; the kernels return each head's max logit from the training forward for it).
+
 Methods that constrain the logits through Q/K (qk-layernorm, a variant whose entry says `bounds_logits`, σReparam
 on Wq/Wk) are not stacked unless `model.allow_stacking` says so (spec §9; `check_stacking`).
 
@@ -61,45 +65,97 @@ def causal_logits(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, scale: float) -> j
 
 # name -> meaning of the diagnostics every kernel reports (per layer: "<name>/layer_i")
 ATTENTION_DIAGNOSTICS = {
-    "attn_max_logit": "max pre-softmax logit q·k/sqrt(Dh) over the batch (softplus: max stage-1 pre-activation "
-                      "log(Dh)·log(i)·q̂·k̂)",
+    "attn_max_logit": "max pre-softmax logit q·k/sqrt(Dh) over the batch, before model.attn_softcap (softplus: max "
+                      "stage-1 pre-activation log(Dh)·log(i)·q̂·k̂)",
+    "attn_max_logit_per_head": "the same per head (a vector of n_heads; what model.qk_clip compares with τ)",
     "attn_entropy": "attention entropy -Σ_j A_ij log(A_ij + 1e-6), mean over batch, heads and rows",
     "attn_entropy_per_head": "the same per head (a vector of n_heads)",
+    "attn_sink_mass": "attention mass on the first token A_i0, mean over batch, heads and queries i >= 1 (Guo et al. "
+                      "2024, attention sinks)",
+    "attn_sink_mass_per_head": "the same per head (a vector of n_heads; ~1: a dormant/sink head)",
 }
 
 
+def head_max_logit(z_BxHxTxT: jax.Array) -> jax.Array:
+    """float32[H]: the max logit of each head over the batch, queries and (unmasked) keys; no gradient."""
+    return jax.lax.stop_gradient(jnp.max(z_BxHxTxT, axis=(0, 2, 3)))
+
+
 def attention_diagnostics(z_BxHxTxT: jax.Array, probs_BxHxTxT: jax.Array, eps: float = 1e-6) -> dict:
-    """Max pre-softmax logit and attention entropy (spec model-variants §0; eps inside the log as in σReparam)."""
+    """Max pre-softmax logit and attention entropy (spec model-variants §0; eps inside the log as in σReparam), and
+    the attention-sink mass (spec §8.4: the sink weight of a head is A[h, i, 0] averaged over queries i; we average
+    over i >= 1, since query 0 can only attend to itself and always puts mass 1 there [D])."""
     ent_BxHxT = -(probs_BxHxTxT * jnp.log(probs_BxHxTxT + eps)).sum(-1)
+    sink_BxHxQ = probs_BxHxTxT[:, :, 1:, 0].astype(jnp.float32)
     return {
         "attn_max_logit": jnp.max(z_BxHxTxT),
+        "attn_max_logit_per_head": head_max_logit(z_BxHxTxT),
         "attn_entropy": ent_BxHxT.mean(),
         "attn_entropy_per_head": ent_BxHxT.mean(axis=(0, 2)),
+        "attn_sink_mass": sink_BxHxQ.mean(),
+        "attn_sink_mass_per_head": sink_BxHxQ.mean(axis=(0, 2)),
     }
 
 
-def softmax_mix(z_BxHxTxT: jax.Array, v_BxTxHxK: jax.Array) -> tuple[jax.Array, dict]:
-    """softmax over keys of masked fp32 logits, the mixed values, and the diagnostics of those logits."""
-    probs = jax.nn.softmax(z_BxHxTxT, axis=-1)
+def softmax_mix(z_BxHxTxT: jax.Array, v_BxTxHxK: jax.Array, softcap: float = 0.0) -> tuple[jax.Array, dict]:
+    """softmax over keys of masked fp32 logits (soft-capped first when `softcap` > 0: masked entries stay -inf), the
+    mixed values, and the diagnostics of those logits (of the logits before the cap)."""
+    capped = z_BxHxTxT
+    if softcap:
+        capped = jnp.where(z_BxHxTxT == -jnp.inf, -jnp.inf, layers.softcap(z_BxHxTxT, softcap))
+    probs = jax.nn.softmax(capped, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxTxHxK.dtype), v_BxTxHxK)
     return out, attention_diagnostics(z_BxHxTxT, probs)
 
 
+def check_softcap(cfg) -> float:
+    """`model.attn_softcap` (>= 0; 0 = off): runs the explicit float32 attention (`softmax_mix`), because
+    jax.nn.dot_product_attention has no soft-cap; `attention_impl=auto` then resolves to it, and an explicit
+    `attention_impl=cudnn` is refused (the cuDNN flash kernel cannot cap its logits)."""
+    if cfg.attn_softcap < 0:
+        raise ValueError(f"model.attn_softcap={cfg.attn_softcap} must be >= 0 (0 = off)")
+    if cfg.attn_softcap and cfg.attention_impl == "cudnn":
+        raise ValueError("model.attn_softcap needs the explicit attention, not cuDNN; set model.attention_impl=xla|auto")
+    return float(cfg.attn_softcap)
+
+
 @dataclasses.dataclass(frozen=True)
 class SoftmaxKernel:
-    """softmax(q kᵀ · scale + causal mask) v. Fast path: jax.nn.dot_product_attention (cuDNN flash on GPU)."""
+    """softmax(q kᵀ · scale + causal mask) v. Fast path: jax.nn.dot_product_attention (cuDNN flash on GPU).
+
+    `softcap` > 0 (`model.attn_softcap`): softmax(softcap·tanh(z/softcap)) through the explicit float32 logits
+    (`check_softcap`). `max_logits` (`model.qk_clip`): the training forward also returns each head's max logit
+    (`attn_max_logit_per_head`). The explicit path has it for free; the fast path, which never forms the logits,
+    pays one extra forward-only q·kᵀ matmul and max per layer (2·B·H·T²·Dh FLOPs, half of the attention
+    forward's, and a transient float32 [B, H, T, T] unless XLA fuses the reduction; no backward)."""
 
     scale: float
     impl: str
+    softcap: float = 0.0
+    max_logits: bool = False
 
     @classmethod
     def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftmaxKernel:
-        return cls(scale=1.0 / math.sqrt(head_dim), impl=resolve_impl(cfg.attention_impl, jnp.dtype(cfg.dtype)))
+        return cls(scale=1.0 / math.sqrt(head_dim), impl=resolve_impl(cfg.attention_impl, jnp.dtype(cfg.dtype)),
+                   softcap=check_softcap(cfg), max_logits=cfg.qk_clip > 0)
 
     def __call__(self, q, k, v, diagnostics: bool):
-        if not diagnostics:
-            return jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True, implementation=self.impl), {}
-        return softmax_mix(causal_logits(q, k, self.scale), v)
+        if diagnostics or self.softcap:
+            out, diag = softmax_mix(causal_logits(q, k, self.scale), v, self.softcap)
+            return out, diag if diagnostics else train_stats(self.max_logits, lambda: diag)
+        out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, is_causal=True, implementation=self.impl)
+        return out, train_stats(self.max_logits, lambda: attention_diagnostics_max(causal_logits(q, k, self.scale)))
+
+
+def attention_diagnostics_max(z_BxHxTxT: jax.Array) -> dict:
+    """The one diagnostic a fast-path training forward computes for `model.qk_clip`: each head's max logit."""
+    return {"attn_max_logit_per_head": head_max_logit(z_BxHxTxT)}
+
+
+def train_stats(max_logits: bool, diag: Callable[[], dict]) -> dict:
+    """What a kernel's training (non-diagnostic) forward returns: each head's max logit when `max_logits`
+    (`model.qk_clip`), else nothing. `diag` computes the dict holding it, traced only when needed."""
+    return {"attn_max_logit_per_head": diag()["attn_max_logit_per_head"]} if max_logits else {}
 
 
 def long_short_mask(T: int, n_heads: int, n_global: int, window: int) -> jax.Array:
@@ -129,6 +185,8 @@ class LongShortKernel:
     impl: str
     n_global: int
     window: int
+    softcap: float = 0.0
+    max_logits: bool = False
 
     @classmethod
     def from_config(cls, cfg, n_heads: int, head_dim: int) -> LongShortKernel:
@@ -136,16 +194,24 @@ class LongShortKernel:
             raise ValueError(f"model.ls.n_global={cfg.ls.n_global} must be in [0, model.n_heads={n_heads}]")
         if cfg.ls.window < 1:
             raise ValueError(f"model.ls.window={cfg.ls.window} must be >= 1")
-        softmax = SoftmaxKernel.from_config(cfg, n_heads, head_dim)
-        return cls(scale=softmax.scale, impl=softmax.impl, n_global=cfg.ls.n_global, window=cfg.ls.window)
+        sm = SoftmaxKernel.from_config(cfg, n_heads, head_dim)
+        return cls(scale=sm.scale, impl=sm.impl, n_global=cfg.ls.n_global, window=cfg.ls.window, softcap=sm.softcap,
+                   max_logits=sm.max_logits)
+
+    def logits(self, q, k) -> jax.Array:
+        """The masked logits [B, H, T, T] (each head's own mask, `long_short_mask`), float32."""
+        _, T, H, _ = q.shape
+        mask_HxTxT = long_short_mask(T, H, self.n_global, self.window)
+        return jnp.where(mask_HxTxT[None], causal_logits(q, k, self.scale), -jnp.inf)
 
     def __call__(self, q, k, v, diagnostics: bool):
         _, T, H, _ = q.shape
         g = self.n_global
-        if diagnostics:
-            mask_HxTxT = long_short_mask(T, H, g, self.window)
-            z = jnp.where(mask_HxTxT[None], causal_logits(q, k, self.scale), -jnp.inf)
-            out, diag = softmax_mix(z, v)
+        if diagnostics or self.softcap:  # the explicit path (attn_softcap: SoftmaxKernel's docstring)
+            z = self.logits(q, k)
+            out, diag = softmax_mix(z, v, self.softcap)
+            if not diagnostics:
+                return out, train_stats(self.max_logits, lambda: diag)
             groups = {"global": z[:, :g], "local": z[:, g:]}
             diag.update({f"attn_max_logit_{name}": jnp.max(zg) for name, zg in groups.items() if zg.shape[1]})
             return out, diag
@@ -157,7 +223,8 @@ class LongShortKernel:
             parts.append(attend(q[:, :, :g], k[:, :, :g], v[:, :, :g]))
         if g < H:
             parts.append(attend(q[:, :, g:], k[:, :, g:], v[:, :, g:], local_window_size=(self.window - 1, 0)))
-        return jnp.concatenate(parts, axis=2) if len(parts) > 1 else parts[0], {}
+        out = jnp.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
+        return out, train_stats(self.max_logits, lambda: attention_diagnostics_max(self.logits(q, k)))
 
 
 # LSSAR's offset matrix O is all ones except its first rows, which are zero for early-row stability (spec §4(a) [S]).
@@ -286,6 +353,8 @@ class SoftplusKernel:
     @classmethod
     def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftplusKernel:
         sp = cfg.softplus
+        if cfg.attn_softcap:
+            raise ValueError("model.attn_softcap does not apply to model.attention=softplus (no softmax logits to cap)")
         if sp.power < 1 or sp.query_chunk < 0 or sp.key_chunk < 0:
             raise ValueError(
                 f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk}, "
@@ -399,6 +468,8 @@ class AttentionVariant:
     """A `model.attention` choice: how the kernel and each of Wq, Wk, Wv are built, and what the variant declares.
 
     `bounds_logits`: the variant itself bounds the attention logits through q, k (the stacking rule, spec §9).
+    `qk_clip`: `model.qk_clip` applies: softmax logits from the dense Wq, Wk kernels [d, H, Dh] that `clip_qk`
+    rescales per head.
     `diagnostics`: name -> meaning of the extras its kernel reports besides `ATTENTION_DIAGNOSTICS`; `reported`:
     which of them a model config reports (some exist only for some settings). tests/models/test_probes.py checks
     both against what each kernel returns."""
@@ -406,6 +477,7 @@ class AttentionVariant:
     kernel: Callable  # (model cfg, n_heads, head_dim) -> kernel(q, k, v, diagnostics) -> (out, diagnostics dict)
     qkv: Callable  # (model cfg, *, d_model, n_heads, head_dim, rngs) -> module x_BxTxD -> [B, T, H, Dh]
     bounds_logits: bool = False
+    qk_clip: bool = False
     diagnostics: dict[str, str] = dataclasses.field(default_factory=dict)
     reported: Callable = lambda cfg: ()  # (model cfg) -> tuple of the `diagnostics` names it reports
 
@@ -420,9 +492,9 @@ def _ls_reported(cfg) -> tuple[str, ...]:
 
 
 ATTENTIONS: dict[str, AttentionVariant] = {
-    "softmax": AttentionVariant(SoftmaxKernel.from_config, dense_qkv),
+    "softmax": AttentionVariant(SoftmaxKernel.from_config, dense_qkv, qk_clip=True),
     "ls": AttentionVariant(
-        LongShortKernel.from_config, dense_qkv,
+        LongShortKernel.from_config, dense_qkv, qk_clip=True,
         diagnostics={
             "attn_max_logit_global": "attn_max_logit over the global heads (ls with n_global > 0)",
             "attn_max_logit_local": "attn_max_logit over the local heads (ls with n_global < n_heads)",
@@ -459,14 +531,50 @@ def check_stacking(cfg) -> None:
         )
 
 
+def check_qk_clip(cfg) -> None:
+    """`model.qk_clip` (τ >= 0; 0 = off) needs logits that a per-head rescale of the Wq, Wk kernels scales: a variant
+    whose entry says `qk_clip`, and neither qk-layernorm (which undoes the rescale) nor σReparam (W/σ(W) is
+    invariant to it)."""
+    if cfg.qk_clip < 0:
+        raise ValueError(f"model.qk_clip={cfg.qk_clip} must be >= 0 (0 = off)")
+    if not cfg.qk_clip:
+        return
+    for bad, why in (
+        (not ATTENTIONS[cfg.attention].qk_clip, f"model.attention={cfg.attention}"),
+        (cfg.qk_norm, "model.qk_norm (the layernorm undoes a rescale of Wq, Wk)"),
+        (cfg.sigma_reparam, "model.sigma_reparam (W/σ(W) does not change when W is rescaled)"),
+    ):
+        if bad:
+            raise ValueError(f"model.qk_clip does not apply with {why}; choose one of them")
+
+
+def qk_clip_scales(max_logit_H: jax.Array, tau: float) -> jax.Array:
+    """The per-head factor of QK-clip (Kimi K2 / MuonClip, Kimi Team 2025, §2.1): sqrt(τ / S_h) for a head whose
+    max logit S_h of the step exceeded τ, else 1 (also for a non-finite S_h: that step's loss diverged, and the
+    divergence rule, not the clip, decides). Applied to both Wq and Wk, it scales that head's logits by τ / S_h, so
+    the same input then gives the max logit τ exactly."""
+    clip_H = jnp.isfinite(max_logit_H) & (max_logit_H > tau)
+    return jnp.where(clip_H, jnp.sqrt(tau / jnp.where(clip_H, max_logit_H, 1.0)), 1.0)
+
+
+def clip_qk(attn_params: dict, scale_H: jax.Array) -> dict:
+    """An `Attention`'s parameters (a pure dict) with the heads of its Wq and Wk kernels [d, H, Dh] scaled."""
+    out = dict(attn_params)
+    for name in ("q", "k"):
+        kernel = attn_params[name]["kernel"]
+        out[name] = dict(attn_params[name], kernel=kernel * scale_H[None, :, None].astype(kernel.dtype))
+    return out
+
+
 class Attention(nnx.Module):
-    """Multi-head causal self-attention with RoPE, optional per-head qk-layernorm (Wortsman et al. §3.1), and the
-    `model.attention` variant's projections and kernel."""
+    """Multi-head causal self-attention with RoPE (when `model.position=rope`), optional per-head qk-layernorm
+    (Wortsman et al. §3.1), and the `model.attention` variant's projections and kernel."""
 
     def __init__(self, cfg, *, d_model: int, n_heads: int, head_dim: int, rngs: nnx.Rngs):
         if cfg.attention not in ATTENTIONS:
             raise ValueError(f"model.attention={cfg.attention!r} is unknown; choose one of {sorted(ATTENTIONS)}")
         check_stacking(cfg)
+        check_qk_clip(cfg)
         variant = ATTENTIONS[cfg.attention]
         shape = dict(d_model=d_model, n_heads=n_heads, head_dim=head_dim, rngs=rngs)
         self.q, self.k, self.v = (variant.qkv(cfg, **shape) for _ in range(3))
@@ -481,11 +589,13 @@ class Attention(nnx.Module):
         self.kernel = variant.kernel(cfg, n_heads, head_dim)
         self.scale = 1.0 / math.sqrt(head_dim)  # the softmax logit scale z = q·k / sqrt(Dh) (what causal_logits takes)
         self.rope_base = cfg.rope_base
+        self.rope = cfg.position == "rope"  # otherwise the positions were added to the embeddings (models/layers.py)
 
     def __call__(self, x_BxTxD: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+        if self.rope:
+            q, k = rope(q, self.rope_base), rope(k, self.rope_base)
         out_BxTxHxK, diag = self.kernel(q, k, v, diagnostics)
         return self.o(out_BxTxHxK), diag

@@ -13,6 +13,9 @@ Init rules (registry `INITS`, selected by `model.init`):
           residual layers = 2L): every weight, embedding and head included, N(0, 0.02²); Wo and W2 N(0, (0.02/sqrt(2L))²).
           The init of the papers that train GPT-2 (MLRA, Chung et al. 2024; LSSAR, Gao & Spratling 2025).
 
+μParam (simple) (`model.mup`, `mup_init`): the fan_in rule with the embedding std anchored at the base width.
+Soft-caps (`softcap`): Gemma 2's cap·tanh(x/cap).
+
 Embedding-output options (registry `EMBED_SCALES`, `model.embed_scale`; Spike No More, spec §7(a) [R]):
   none       x0 = E[tokens]                    (std(x0) = σ_embed: "Vanilla" under `small` init)
   scaled     x0 = sqrt(d) E[tokens]            ("Scaled Embed": std ≈ sqrt(2/5) under `small` init)
@@ -89,10 +92,41 @@ INITS: dict[str, Callable[..., Inits]] = {"fan_in": fan_in_init, "small": small_
 
 
 def get_init(cfg) -> Inits:
-    """The initializers selected by `model.init` for the model config `cfg`."""
+    """The initializers selected by `model.init` for the model config `cfg` (with `model.mup`: `mup_init`'s)."""
     if cfg.init not in INITS:
         raise ValueError(f"model.init={cfg.init!r} is unknown; choose one of {sorted(INITS)}")
-    return INITS[cfg.init](cfg)
+    return mup_init(cfg) if cfg.mup else INITS[cfg.init](cfg)
+
+
+def check_mup(cfg) -> None:
+    """μParam (simple) is defined on the `fan_in` init, an untied head and full-rank matrices (see `mup_init`)."""
+    if not cfg.mup:
+        return
+    if cfg.mup_base_width <= 0:
+        raise ValueError(f"model.mup_base_width={cfg.mup_base_width} must be positive (the width whose LR transfers)")
+    for bad, why in (
+        (cfg.init != "fan_in", f"model.init={cfg.init!r} (μParam scales the fan_in init; set model.init=fan_in)"),
+        (cfg.tie_embeddings, "model.tie_embeddings (the table would be both input and output layer)"),
+        (cfg.attention == "mlra", "model.attention=mlra (a factor's fan-in is the rank, not the width)"),
+    ):
+        if bad:
+            raise ValueError(f"model.mup does not apply with {why}")
+
+
+def mup_init(cfg) -> Inits:
+    """μParam (simple) init (Wortsman et al. 2023, "μParam (simple)"; spec model-variants §6(d)5; μP of Yang et al.
+    2022, Table 3, for Adam): every kernel trunc-normal 1/sqrt(fan_in) as in `fan_in_init` (the μP hidden/output
+    rule), and the embedding N(0, 1/b) with b = `model.mup_base_width` instead of N(0, 1/d): input weights keep a
+    width-independent init in μP, and anchoring it at the base width makes the base-width model the `fan_in`
+    baseline exactly [D]. The per-layer LR multipliers that complete it: `models.transformer.mup_lr_multipliers`."""
+    check_mup(cfg)
+    return dataclasses.replace(fan_in_init(cfg), embed=jax.nn.initializers.normal(1.0 / math.sqrt(cfg.mup_base_width)))
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """Gemma 2's logit soft-cap cap·tanh(x/cap) in float32 (Gemma Team 2024, §2): smooth, odd, |y| < cap, slope 1
+    at 0. Used on the attention logits (`model.attn_softcap`) and the output logits (`model.final_softcap`)."""
+    return cap * jnp.tanh(x.astype(jnp.float32) / cap)
 
 
 def _dot(x, w, n_in: int, out_dtype):
@@ -319,6 +353,61 @@ def make_embed_scale(cfg) -> nnx.Module | None:
     if cfg.embed_scale not in EMBED_SCALES:
         raise ValueError(f"model.embed_scale={cfg.embed_scale!r} is unknown; choose one of {sorted(EMBED_SCALES)}")
     return EMBED_SCALES[cfg.embed_scale](cfg)
+
+
+def sinusoidal_positions(T: int, d: int) -> jax.Array:
+    """float32[T, d], Vaswani et al. 2017 §3.5: PE(t, 2i) = sin(t / 10000^(2i/d)), PE(t, 2i+1) = cos(the same)."""
+    angle_TxF = jnp.arange(T, dtype=jnp.float32)[:, None] * 10000.0 ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    return jnp.stack([jnp.sin(angle_TxF), jnp.cos(angle_TxF)], axis=-1).reshape(T, d)
+
+
+class SinusoidalPositions(nnx.Module):
+    """x + PE[:T] with the fixed sinusoids of `sinusoidal_positions` (no parameters)."""
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        _, T, D = x_BxTxD.shape
+        return x_BxTxD + sinusoidal_positions(T, D).astype(x_BxTxD.dtype)[None]
+
+
+class LearnedPositions(nnx.Module):
+    """x + P[:T] with a learned absolute position table P [max_positions, d] (GPT-2, Radford et al. 2019), drawn from
+    the token table's initializer (`model.init`: N(0, 0.02²) under gpt2, as GPT-2's wpe)."""
+
+    def __init__(self, max_positions: int, d_model: int, *, init: Initializer, param_dtype, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(init(rngs.params(), (max_positions, d_model), param_dtype), axes=(None, "embed"))
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        T, max_positions = x_BxTxD.shape[1], self.embedding.shape[0]
+        if T > max_positions:
+            raise ValueError(f"sequence length {T} exceeds model.max_positions={max_positions} (position=learned)")
+        return x_BxTxD + self.embedding[...][:T].astype(x_BxTxD.dtype)[None]
+
+
+# model.position -> (model cfg, rngs) -> the module adding absolute positions to x0, or None (RoPE, in attention)
+POSITIONS: dict[str, Callable] = {
+    "rope": lambda cfg, rngs: None,
+    "sinusoidal": lambda cfg, rngs: SinusoidalPositions(),
+    "learned": lambda cfg, rngs: LearnedPositions(
+        cfg.max_positions, cfg.d_model, init=get_init(cfg).embed, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
+    ),
+}
+
+
+def make_positions(cfg, rngs: nnx.Rngs) -> nnx.Module | None:
+    if cfg.position not in POSITIONS:
+        raise ValueError(f"model.position={cfg.position!r} is unknown; choose one of {sorted(POSITIONS)}")
+    if cfg.position == "sinusoidal" and cfg.d_model % 2:
+        raise ValueError(f"model.position=sinusoidal needs an even model.d_model (got {cfg.d_model})")
+    if cfg.position == "learned" and cfg.max_positions < 1:
+        raise ValueError(f"model.max_positions={cfg.max_positions} must be >= 1 with model.position=learned")
+    return POSITIONS[cfg.position](cfg, rngs)
+
+
+def embed_detach(e: jax.Array, alpha: float) -> jax.Array:
+    """Embed Detach (GLM-130B, Zeng et al. 2022, "Embedding Layer Gradient Shrink"; spec model-variants §7(a)):
+    α·e + (1 − α)·stop_gradient(e): the forward value is e (up to rounding) and the gradient reaching the
+    embedding table is α times its value. α = `model.embed_detach` in (0, 1] (GLM-130B: 0.1)."""
+    return alpha * e + (1.0 - alpha) * jax.lax.stop_gradient(e)
 
 
 def tev(embedding_VxD: jax.Array, row_mask_V: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -72,11 +72,12 @@ def sigma_reparam_modules(cfg) -> list[str]:
 
 def diagnostic_names(cfg) -> list[str]:
     """Every model diagnostic that the model config `cfg` reports on a diagnostic step, per-layer names expanded:
-    the attention variant's names per layer, the output-logit statistics, TEV and (with model.sigma_reparam) σ, γ,
+    the attention variant's names and the residual-stream statistics (attention sinks, massive activations) per
+    layer, the output-logit statistics, TEV and (with model.sigma_reparam) σ, γ,
     γ/σ per σReparam module. Optimizer-side diagnostics (param_rms, grad_rms, update_rms, adam_attenuation) are
     the loop's: `per_tensor_rms` names them from the parameter tree."""
     attn = attention.ATTENTIONS[cfg.attention].diagnostic_names(cfg)
-    names = [f"{k}/layer_{i}" for i in range(cfg.n_layers) for k in attn]
+    names = [f"{k}/layer_{i}" for i in range(cfg.n_layers) for k in (*attn, *transformer.RESIDUAL_DIAGNOSTICS)]
     names += [*transformer.OUTPUT_LOGIT_DIAGNOSTICS, *TEV_DIAGNOSTICS]
     names += [f"{k}/{m}" for m in sigma_reparam_modules(cfg) for k in SIGMA_REPARAM_DIAGNOSTICS]
     return names
@@ -88,7 +89,7 @@ def diagnostic_meanings() -> dict[str, str]:
     for variant in attention.ATTENTIONS.values():
         attn.update(variant.diagnostics)
     return {
-        **{f"{k}/layer_i": v for k, v in attn.items()},
+        **{f"{k}/layer_i": v for k, v in {**attn, **transformer.RESIDUAL_DIAGNOSTICS}.items()},
         **transformer.OUTPUT_LOGIT_DIAGNOSTICS,
         **TEV_DIAGNOSTICS,
         **{f"{k}/<module>": v for k, v in SIGMA_REPARAM_DIAGNOSTICS.items()},

@@ -4,7 +4,11 @@ Pre-LN, no biases, RoPE, untied embedding/head by default, 4d GELU MLP, attentio
 per-head qk-layernorm. The stability variants plug in by config: `model.attention` (models/attention.py),
 `model.sigma_reparam` (every block linear, and the head with `model.sigma_reparam_head`), `model.embed_scale` and
 `model.init` (models/layers.py), `model.mlp` (gelu | swiglu | smooth_swiglu, models/mlp.py) and `model.fp8`
-(models/fp8.py); with all of them off the model is the baseline, op for op. Matmuls in
+(models/fp8.py); and the levers of issue 16: `model.mup` (μParam simple: `layers.mup_init`, `mup_lr_multipliers`),
+`model.attn_softcap` / `model.final_softcap` (Gemma 2 soft-caps), `model.qk_clip` (QK-clip, `post_update`),
+`model.norm_position=peri` (Peri-LN, `Block`), `model.position` (rope | sinusoidal | learned) and
+`model.embed_detach` (GLM-130B's embedding gradient shrink). With all of them off the model is the baseline, op for
+op (tests/models/test_levers.py). Matmuls in
 `model.dtype`; norms, softmax and logsumexp in float32; logits in `model.logits_dtype` (float32 by default).
 
 `Transformer(cfg, rngs)(tokens)` returns `(logits_BxTxV, diagnostics)`; `lm_loss` adds the z-loss.
@@ -36,20 +40,39 @@ def dims(cfg) -> tuple[int, int]:
     return head_dim, mlp.hidden_width(cfg)
 
 
+NORM_POSITIONS = ("pre", "peri")  # model.norm_position
+
+
 class Block(nnx.Module):
-    """x + Attn(LN1(x)), then + MLP(LN2(x))."""
+    """pre (`model.norm_position=pre`): x + Attn(LN1(x)), then + MLP(LN2(x)).
+
+    peri: x + LN1'(Attn(LN1(x))), then + LN2'(MLP(LN2(x))): Peri-LN (Kim et al. 2025, "Peri-LN: Revisiting Layer
+    Normalization in the Transformer Architecture", arXiv 2502.02732), a second norm of the same kind
+    (`model.norm`) on each sub-layer's output before the residual add, so every residual increment has a
+    normalised scale (OLMo 2 and Gemma 2 use output norms too). The final norm before the head stays as in pre-LN.
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
+        if cfg.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"model.norm_position={cfg.norm_position!r} is unknown; choose one of {NORM_POSITIONS}")
         head_dim, d_ff = dims(cfg)
         self.norm1 = layers.make_norm(cfg, cfg.d_model, "embed")
         self.attn = attention.Attention(cfg, d_model=cfg.d_model, n_heads=cfg.n_heads, head_dim=head_dim, rngs=rngs)
         self.norm2 = layers.make_norm(cfg, cfg.d_model, "embed")
         self.mlp = mlp.make_mlp(cfg, d_model=cfg.d_model, d_ff=d_ff, rngs=rngs)
+        peri = cfg.norm_position == "peri"
+        self.attn_out_norm = nnx.data(layers.make_norm(cfg, cfg.d_model, "embed") if peri else None)
+        self.mlp_out_norm = nnx.data(layers.make_norm(cfg, cfg.d_model, "embed") if peri else None)
 
     def __call__(self, x_BxTxD: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         a, diag = self.attn(self.norm1(x_BxTxD), diagnostics)
+        if self.attn_out_norm is not None:
+            a = self.attn_out_norm(a)
         x_BxTxD = x_BxTxD + a
-        return x_BxTxD + self.mlp(self.norm2(x_BxTxD)), diag
+        f = self.mlp(self.norm2(x_BxTxD))
+        if self.mlp_out_norm is not None:
+            f = self.mlp_out_norm(f)
+        return x_BxTxD + f, diag
 
 
 class Transformer(nnx.Module):
@@ -59,6 +82,13 @@ class Transformer(nnx.Module):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.embed = layers.Embed(cfg.vocab_size, cfg.d_model, init=init.embed, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.embed_scale = nnx.data(layers.make_embed_scale(cfg))  # Spike No More (spec §7); None for "none"
+        self.positions = nnx.data(layers.make_positions(cfg, rngs))  # absolute positions; None for RoPE
+        if not 0 <= cfg.embed_detach <= 1:
+            raise ValueError(f"model.embed_detach={cfg.embed_detach} must be in [0, 1] (0 = off; GLM-130B: 0.1)")
+        self.embed_detach = float(cfg.embed_detach)
+        if cfg.final_softcap < 0:
+            raise ValueError(f"model.final_softcap={cfg.final_softcap} must be >= 0 (0 = off)")
+        self.final_softcap = float(cfg.final_softcap)
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = layers.make_norm(cfg, cfg.d_model, "embed")
         self.head = nnx.data(
@@ -81,9 +111,14 @@ class Transformer(nnx.Module):
             )
 
     def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
-        """x0: what enters block 0 (the embedding, then `model.embed_scale`)."""
+        """x0: what enters block 0 (the embedding, `model.embed_detach`, `model.embed_scale`, then absolute positions,
+        added after the scaling as spec §7(a) [D])."""
         x_BxTxD = self.embed(tokens_BxT)
-        return x_BxTxD if self.embed_scale is None else self.embed_scale(x_BxTxD)
+        if self.embed_detach:
+            x_BxTxD = layers.embed_detach(x_BxTxD, self.embed_detach)
+        if self.embed_scale is not None:
+            x_BxTxD = self.embed_scale(x_BxTxD)
+        return x_BxTxD if self.positions is None else self.positions(x_BxTxD)
 
     def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
@@ -92,7 +127,7 @@ class Transformer(nnx.Module):
             logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
         else:
             logits_BxTxV = self.head(x_BxTxD)
-        return logits_BxTxV, diag
+        return self.capped(logits_BxTxV), diag
 
     def features(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
         """What enters the output head (the final norm's output), and per-layer diagnostics."""
@@ -103,6 +138,8 @@ class Transformer(nnx.Module):
                 x_BxTxD, d = nnx.remat(lambda b, x: b(x))(block, x_BxTxD)
             else:
                 x_BxTxD, d = block(x_BxTxD, diagnostics)
+            if diagnostics:
+                d.update(residual_stats(x_BxTxD))
             diag.update({f"{k}/layer_{i}": v for k, v in d.items()})
         return self.final_norm(x_BxTxD), diag
 
@@ -126,7 +163,8 @@ class Transformer(nnx.Module):
         w_DxV = self.embed.embedding[...].T if self.head is None else self.head.weight()
         w_DxV = jnp.pad(w_DxV, ((0, 0), (0, self.padded_vocab - self.vocab_size)))
         loss, metrics = chunked_lm_loss(
-            lambda x: self.head_matmul(x, w_DxV), x_BxTxD, targets_BxT, z_loss, self.loss_chunk, self.vocab_size
+            lambda x: self.capped(self.head_matmul(x, w_DxV)), x_BxTxD, targets_BxT, z_loss, self.loss_chunk,
+            self.vocab_size,
         )
         return loss, metrics, diag
 
@@ -139,6 +177,71 @@ class Transformer(nnx.Module):
         if self.logits_dtype == jnp.float32 and self.embed.dtype != jnp.float32:
             return layers.dot_wide_out(x_BxTxD, w_DxV, 1)
         return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV, preferred_element_type=self.logits_dtype)
+
+    def capped(self, logits_BxTxV: jax.Array) -> jax.Array:
+        """Gemma 2's final-logit soft-cap c·tanh(x/c) in float32 (`model.final_softcap`; layers.softcap), or x."""
+        if not self.final_softcap:
+            return logits_BxTxV
+        return layers.softcap(logits_BxTxV, self.final_softcap).astype(self.logits_dtype)
+
+
+# name -> meaning of `residual_stats` (per layer: "<name>/layer_i", the residual stream after block i)
+RESIDUAL_DIAGNOSTICS = {
+    "resid_max_abs": "max |x| of the residual stream after the block, over batch, positions and channels (massive "
+                     "activations; Guo et al. 2024 residual-state peaks)",
+    "resid_first_token_ratio": "||x_0|| / median_j ||x_j||: the first token's residual norm over the median "
+                               "token's, mean over the batch (spec model-variants §8.4 residual peak)",
+}
+
+
+def residual_stats(x_BxTxD: jax.Array) -> dict:
+    """`RESIDUAL_DIAGNOSTICS` of the residual stream after a block (spec model-variants §8.4), in float32."""
+    x = x_BxTxD.astype(jnp.float32)
+    norm_BxT = jnp.linalg.norm(x, axis=-1)
+    return {
+        "resid_max_abs": jnp.max(jnp.abs(x)),
+        "resid_first_token_ratio": (norm_BxT[:, 0] / jnp.median(norm_BxT, axis=-1)).mean(),
+    }
+
+
+def mup_lr_multipliers(cfg, params) -> dict | None:
+    """μParam (simple)'s per-parameter LR multipliers for a pure-dict `params` tree (Wortsman et al. 2023, spec
+    model-variants §6(d)5: the LR of each linear layer × base_fan_in / fan_in), or None when `model.mup` is off.
+
+    Every matrix of a block and the head has a fan-in that grows with d_model along a width ladder (d, H·Dh = d,
+    d_ff = 4d or the SwiGLU rule), so base_fan_in / fan_in = b / d with b = `model.mup_base_width`; the token and
+    position tables (input weights: μP's LR is width-independent for Adam, Yang et al. 2022 Table 3) and every
+    vector (norm scales, σReparam γ) keep 1. `optim.scale_by_multipliers` applies the tree (optim/mup.py)."""
+    if not cfg.mup:
+        return None
+    layers.check_mup(cfg)
+    ratio = cfg.mup_base_width / cfg.d_model
+
+    def multiplier(path, leaf) -> float:
+        return ratio if leaf.ndim >= 2 and path[0].key not in ("embed", "positions") else 1.0
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def post_update(cfg):
+    """The model's step after the optimizer update, or None: `model.qk_clip` = τ > 0 (Kimi K2's QK-clip; see
+    `attention.qk_clip_scales`) rescales, per layer, the Wq and Wk heads whose max logit in this step's forward
+    exceeded τ. Returns (params, stats) -> (params, metrics) for pure-dict params and the training forward's
+    per-layer stats; metrics["qk_clip_heads"] counts the heads rescaled (over all layers)."""
+    if not cfg.qk_clip:
+        return None
+    tau = float(cfg.qk_clip)
+
+    def clip(params, stats):
+        blocks, clipped = dict(params["blocks"]), 0
+        for i in range(cfg.n_layers):
+            scale_H = attention.qk_clip_scales(stats[f"attn_max_logit_per_head/layer_{i}"], tau)
+            block = blocks[i]
+            blocks[i] = dict(block, attn=attention.clip_qk(block["attn"], scale_H))
+            clipped = clipped + jnp.sum(scale_H < 1.0)
+        return dict(params, blocks=blocks), {"qk_clip_heads": clipped}
+
+    return clip
 
 
 # name -> meaning of `output_logit_stats` (what `lm_loss` adds on diagnostic steps)

@@ -28,6 +28,7 @@ from optim import schedules
 from optim.adam import scale_by_adam
 from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global_norm, global_norm, skip_step
 from optim.masks import decay_mask, stacked_by_path
+from optim.mup import scale_by_multipliers
 from optim.probes import adam_attenuation
 from optim.schedules import (
     Schedule, constant, cycle_ends, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s,
@@ -115,8 +116,11 @@ def decay_ends(optim_cfg, total_steps: int) -> tuple[int, ...]:
     return _lookup(SCHEDULES, optim_cfg.schedule, "optim.schedule").decay_ends(optim_cfg, int(total_steps))
 
 
-def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+    optim_cfg, total_steps: int, hparams: dict | None = None, lr_multipliers=None
+) -> optax.GradientTransformationExtraArgs:
     """The optimizer of `config.optim`; `hparams` (a subset of HPARAM_KEYS, maybe traced) overrides the config.
+    `lr_multipliers` (a tree of floats like the params, or None): per-parameter LR factors m (μParam, optim/mup.py).
 
     One update, with g the gradients, θ the parameters, lr_t the schedule at this update, η = hparams["lr"]:
 
@@ -127,6 +131,8 @@ def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> 
         coupled:         θ ← θ − lr_t·(u + λ·θ)                      (optax.adamw / torch AdamW)
 
     The independent decay follows the schedule but is not scaled by the peak LR (composer `DecoupledAdamW`).
+    With `lr_multipliers`, lr_t becomes m·lr_t per parameter: independent_wd scales u only (the decay does not
+    follow the LR), coupled scales u + λ·θ (a per-layer LR of torch AdamW).
     Decay applies to the leaves of `decay_mask` (every leaf if optim.decay_all). With optim.skip_step.enabled
     everything but the schedule is wrapped in `skip_step`, so `update` then needs `loss=` (the CE loss without
     z-loss); it may always be passed. The schedule's step lives outside, in `with_lr_schedule`, and advances
@@ -140,12 +146,14 @@ def make_optimizer(optim_cfg, total_steps: int, hparams: dict | None = None) -> 
     mask = None if optim_cfg.decay_all else functools.partial(decay_mask, stacked=stacked)
     peak, wd, skip = jnp.asarray(h["lr"], jnp.float32), h["weight_decay"], optim_cfg.skip_step
 
+    per_param = () if lr_multipliers is None else (scale_by_multipliers(lr_multipliers),)
+
     def build(lr_t):
         if optim_cfg.independent_wd:
             s_t = jnp.where(peak > 0, lr_t / jnp.where(peak > 0, peak, 1.0), 0.0)
-            tail = (optax.scale(-lr_t), optax.add_decayed_weights(-wd * s_t, mask))
+            tail = (*per_param, optax.scale(-lr_t), optax.add_decayed_weights(-wd * s_t, mask))
         else:
-            tail = (optax.add_decayed_weights(wd, mask), optax.scale(-lr_t))
+            tail = (optax.add_decayed_weights(wd, mask), *per_param, optax.scale(-lr_t))
         tx = optax.chain(clip, direction, *tail)
         return skip_step(tx, skip.window, skip.sigma) if skip.enabled else tx
 
