@@ -136,6 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.b1 = 0.9  # Adam beta1; sgd: the heavy-ball momentum m <- b1 m + g (torch SGD; 0 = plain SGD)
     o.b2 = 0.95  # Adam beta2
     o.eps = 1e-8  # Adam epsilon, outside the square root (optax/PyTorch placement; spam: E2 placement, spec §1)
+    o.fp8_moments = False  # (bool) store Adam's m in E4M3 and v in E5M2 with per-tensor scales (spec §5; adamw, spam)
     o.weight_decay = 1e-4  # decay coefficient lambda; its meaning depends on independent_wd
     o.independent_wd = True  # True: theta -= lambda * s_t * theta (follows the schedule, not scaled by peak lr);
     #                          False: coupled AdamW, theta -= lr_t * lambda * theta

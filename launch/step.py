@@ -208,6 +208,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         out.update(probes.sigma_reparam_metrics(model))
         out.update(fp8.metrics(model))
         out.update(mlp.swiglu_alignment_metrics(model))
+        out.update(probes.capture_metrics(  # FP8 saturation and SwiGLU max |h|: a captured fwd + bwd on the whole batch
+            lambda m: transformer.lm_loss(m(batch_BxS[:, :-1])[0], batch_BxS[:, 1:], cfg.loss.z_loss)[0],
+            nnx.merge(graphdef, state["params"], state["rest"]),
+        ))
         out.update(probes.per_tensor_rms(state["params"], "param_rms"))
         out.update(probes.per_tensor_rms(grads, "grad_rms"))
         out.update(probes.per_tensor_rms(updates, "update_rms"))

@@ -147,6 +147,15 @@ def qdq(x: jax.Array, scale: jax.Array, fmt: Format, saturate: bool = True) -> j
     return quantize(x, scale, fmt, saturate).astype(jnp.float32) / scale
 
 
+def saturated_fraction(t: jax.Array, scale: jax.Array, fmt: Format) -> jax.Array:
+    """The fraction of entries of `t` that quantising with `scale` saturates: |t·scale| >= fmax (float32)."""
+    return jnp.mean(jnp.abs(t.astype(jnp.float32) * scale) >= fmt.fmax, dtype=jnp.float32)
+
+
+def _latest(_, value):
+    return value
+
+
 def compute_scale(amax: jax.Array, prev_scale: jax.Array, fmt: Format, r: Recipe) -> jax.Array:
     """s = fmax / amax / 2^margin (then 2^floor(log2 s) with pow2_scale); the previous scale if amax is 0 or not
     finite (spec §5(a))."""
@@ -225,15 +234,22 @@ class FP8Dot(nnx.Module):
             setattr(self, f"{name}_scale", Meta(jnp.ones((), jnp.float32)))
 
     def __call__(self, x: jax.Array, w: jax.Array, n_in: int, out_dtype) -> jax.Array:
-        """x . w (both of one dtype) in FP8; writes this step's x and W amax histories and scales."""
+        """x . w (both of one dtype) in FP8; writes this step's x and W amax histories and scales.
+
+        Under `nnx.capture` (the diagnostic pass, `saturation_metrics`) it also sows the saturated fractions of x and
+        W and perturbs its output so that the gradient it quantises can be read; elsewhere both are no-ops."""
         r = self.recipe
         sx, hx = next_scale(x, self.x_amax_history[...], self.x_scale[...], r.e4m3, r)
         sw, hw = next_scale(w, self.w_amax_history[...], self.w_scale[...], r.e4m3, r)
         self.x_amax_history[...], self.x_scale[...] = hx, sx
         self.w_amax_history[...], self.w_scale[...] = hw, sw
-        return fp8_dot(
+        for name, t, s in (("x", x, sx), ("w", w, sw)):
+            self.sow(nnx.Intermediate, f"{name}_saturated", saturated_fraction(t, s, r.e4m3), reduce_fn=_latest,
+                     capture_noop=True)
+        y = fp8_dot(
             r, n_in, x.dtype, jnp.dtype(out_dtype), x, w, sx, sw, self.grad_amax_history[...], self.grad_scale[...]
         )
+        return self.perturb("grad", y, capture_noop=True)  # d loss / d(this) = the g that the backward quantises
 
 
 def _last_key(path) -> str | None:
@@ -249,13 +265,38 @@ def apply_meta_grads(rest, rest_grads):
     )
 
 
+def _linear_name(linear_path) -> str:
+    """The metric key of the Linear that holds an FP8Dot as its `fp8` attribute, e.g. blocks/0/mlp/w3."""
+    return "/".join(map(str, linear_path))
+
+
+def saturation_metrics(model: nnx.Module, intermediates: nnx.State, output_grads: nnx.State) -> dict:
+    """`fp8_saturated/<linear>/{x,w,grad}`: per quantized tensor, the fraction of entries with |t·scale| >= fmax,
+    from one forward and backward of `model` under `nnx.capture` (models/probes.py `capture_metrics`): x and W
+    as sown in the forward, and the output gradient g (the gradient of the `grad` perturbation) with the scale the
+    backward gives it (`next_scale` from the model's gradient state). The scales are those the next train step uses.
+    A value of 0 with delayed scaling means no tensor outgrew its amax history; current scaling never saturates."""
+    dots = {path: m for path, m in nnx.iter_graph(model) if isinstance(m, FP8Dot)}
+    out = {}
+    for path, var in nnx.to_flat_state(intermediates):
+        if path[:-1] in dots and path[-1] in ("x_saturated", "w_saturated"):
+            out[f"fp8_saturated/{_linear_name(path[:-2])}/{path[-1][0]}"] = var.get_value()
+    for path, var in nnx.to_flat_state(output_grads):
+        module = dots.get(path[:-1])
+        if module is not None and path[-1] == "grad":
+            r, g = module.recipe, var.get_value()
+            scale, _ = next_scale(g, module.grad_amax_history[...], module.grad_scale[...], r.e5m2, r)
+            out[f"fp8_saturated/{_linear_name(path[:-2])}/grad"] = saturated_fraction(g, scale, r.e5m2)
+    return out
+
+
 def metrics(model: nnx.Module) -> dict:
     """Per quantized tensor (x, w, grad of every FP8 linear, keyed by the linear's module path, e.g.
     `fp8_amax/blocks/0/mlp/w3/x`): the newest amax in the state and the scale its step used (DESIGN §5)."""
     out = {}
     for path, module in nnx.iter_graph(model):
         if isinstance(module, FP8Dot):
-            name = "/".join(map(str, path[:-1]))  # the Linear holding this FP8Dot as its `fp8` attribute
+            name = _linear_name(path[:-1])
             for t in ("x", "w", "grad"):
                 out[f"fp8_amax/{name}/{t}"] = getattr(module, f"{t}_amax_history")[...][0]
                 out[f"fp8_scale/{name}/{t}"] = getattr(module, f"{t}_scale")[...]

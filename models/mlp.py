@@ -64,7 +64,12 @@ class SwiGLU(nnx.Module):
         return self.w3(lin_BxTxF * jax.nn.silu(gate_BxTxF))
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        return self.down(self.w1(x_BxTxD), self.w2(x_BxTxD))
+        lin_BxTxF, gate_BxTxF = self.w1(x_BxTxD), self.w2(x_BxTxD)
+        # under nnx.capture only (the diagnostic pass, models/probes.py `capture_metrics`; a no-op otherwise): max |h|
+        # of h = lin * Swish(gate) entering W3, before any smoothing: where the paper's outliers grow
+        h_absmax = jnp.max(jnp.abs(lin_BxTxF * jax.nn.silu(gate_BxTxF))).astype(jnp.float32)
+        self.sow(nnx.Intermediate, "down_absmax", h_absmax, reduce_fn=lambda _, v: v, capture_noop=True)
+        return self.down(lin_BxTxF, gate_BxTxF)
 
 
 _TINY = 1e-12  # floor of the absmax a smoothing scale divides by (an all-zero channel/token keeps scale 1e12) [D]
@@ -126,6 +131,16 @@ def make_mlp(cfg, *, d_model: int, d_ff: int, rngs: nnx.Rngs) -> nnx.Module:
     if cfg.mlp not in MLPS:
         raise ValueError(f"model.mlp={cfg.mlp!r} is unknown; choose one of {sorted(MLPS)}")
     return MLPS[cfg.mlp].module(cfg, d_model=d_model, d_ff=d_ff, rngs=rngs)
+
+
+def swiglu_down_metrics(intermediates: nnx.State) -> dict:
+    """`swiglu_down_absmax/<module>`: per SwiGLU layer the max |h| entering its down projection W3 (before
+    Smooth-SwiGLU's scaling), as sown under `nnx.capture` (models/probes.py `capture_metrics`)."""
+    return {
+        f"swiglu_down_absmax/{'/'.join(map(str, path[:-1]))}": var.get_value()
+        for path, var in nnx.to_flat_state(intermediates)
+        if path[-1] == "down_absmax"
+    }
 
 
 def swiglu_alignment_metrics(model: nnx.Module) -> dict:

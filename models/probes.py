@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import attention, layers, transformer
+from models import attention, fp8, layers, mlp, transformer
 
 TEV_DIAGNOSTICS = {
     "tev_mu": "token-embedding variability: mean over all rows of std_j E_ij (Chung et al. 2024)",
@@ -62,24 +62,62 @@ def sigma_reparam_metrics(model: nnx.Module) -> dict:
     return out
 
 
+FP8_DIAGNOSTICS = {
+    "fp8_amax": "FP8: the newest amax of the quantized tensor <linear>/{x,w,grad} in the scaling state",
+    "fp8_scale": "FP8: the scale the latest step used for <linear>/{x,w,grad}",
+    "fp8_saturated": "FP8: fraction of entries of <linear>/{x,w,grad} with |t·scale| >= fmax on the diagnosed batch, "
+                     "at the scales the next step uses",
+}
+
+SWIGLU_DIAGNOSTICS = {
+    "swiglu_cos_absmax": "SwiGLU: max over hidden channels of |cos(w1_i, w2_i)| (Fishman et al. 2024's alignment)",
+    "swiglu_cos_abs_p999": "SwiGLU: 99.9th percentile over hidden channels of |cos(w1_i, w2_i)|",
+    "swiglu_down_absmax": "SwiGLU: max |h| of the activation entering the down projection W3 (before smoothing)",
+}
+
+
+def capture_metrics(loss_fn, model: nnx.Module) -> dict:
+    """What only the tensors of a step show, from one forward and backward of `loss_fn(model)` (a scalar) under
+    `nnx.capture`: `fp8.saturation_metrics` (per FP8 tensor the saturated fraction) and `mlp.swiglu_down_metrics`
+    (per SwiGLU layer max |h| entering W3). For the diagnostic pass only: the train step never captures, so the
+    modules' sow/perturb calls are no-ops there and XLA drops what they would have computed. `model` is not
+    changed. The backward is taken w.r.t. the FP8 outputs' zero perturbations alone (no parameter gradients)."""
+    graphdef, state = nnx.split(model)
+    state = nnx.to_pure_dict(state)  # arrays, so that each merge below builds Variables of its own trace
+    _, zeros = nnx.capture(loss_fn, nnx.Perturbation)(nnx.merge(graphdef, state))  # one zero per FP8 output
+
+    def perturbed(perturbations):
+        return nnx.capture(loss_fn, nnx.Intermediate, init=perturbations)(nnx.merge(graphdef, state))
+
+    output_grads, intermediates = jax.grad(perturbed, has_aux=True)(zeros)
+    return {**fp8.saturation_metrics(model, intermediates, output_grads), **mlp.swiglu_down_metrics(intermediates)}
+
+
+def _module_paths(cfg, kind) -> list[str]:
+    """Module paths of the `kind` modules of the model config `cfg` (built abstractly: no arrays allocated)."""
+    model = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
+    return [path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, kind)]
+
+
 def sigma_reparam_modules(cfg) -> list[str]:
     """Module paths of the σReparam layers of the model config `cfg` (built abstractly: no arrays allocated)."""
-    if not cfg.sigma_reparam:
-        return []
-    model = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
-    return [path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, layers.SigmaReparamLinear)]
+    return _module_paths(cfg, layers.SigmaReparamLinear) if cfg.sigma_reparam else []
 
 
 def diagnostic_names(cfg) -> list[str]:
     """Every model diagnostic that the model config `cfg` reports on a diagnostic step, per-layer names expanded:
     the attention variant's names and the residual-stream statistics (attention sinks, massive activations) per
-    layer, the output-logit statistics, TEV and (with model.sigma_reparam) σ, γ,
-    γ/σ per σReparam module. Optimizer-side diagnostics (param_rms, grad_rms, update_rms, adam_attenuation) are
+    layer, the output-logit statistics, TEV, (with model.sigma_reparam) σ, γ, γ/σ per σReparam module, (with
+    model.fp8) amax, scale and saturated fraction per quantized tensor, and (with a SwiGLU MLP) the w1/w2 alignment
+    and max |h| per SwiGLU layer. Optimizer-side diagnostics (param_rms, grad_rms, update_rms, adam_attenuation) are
     the loop's: `per_tensor_rms` names them from the parameter tree."""
     attn = attention.ATTENTIONS[cfg.attention].diagnostic_names(cfg)
     names = [f"{k}/layer_{i}" for i in range(cfg.n_layers) for k in (*attn, *transformer.RESIDUAL_DIAGNOSTICS)]
     names += [*transformer.OUTPUT_LOGIT_DIAGNOSTICS, *TEV_DIAGNOSTICS]
     names += [f"{k}/{m}" for m in sigma_reparam_modules(cfg) for k in SIGMA_REPARAM_DIAGNOSTICS]
+    linears = [p.rpartition("/")[0] for p in _module_paths(cfg, fp8.FP8Dot)] if cfg.fp8.enabled else []
+    names += [f"{k}/{m}/{t}" for m in linears for k in FP8_DIAGNOSTICS for t in ("x", "w", "grad")]
+    names += [f"{k}/{m}" for m in _module_paths(cfg, mlp.SwiGLU) for k in SWIGLU_DIAGNOSTICS]
     return names
 
 
@@ -93,4 +131,6 @@ def diagnostic_meanings() -> dict[str, str]:
         **transformer.OUTPUT_LOGIT_DIAGNOSTICS,
         **TEV_DIAGNOSTICS,
         **{f"{k}/<module>": v for k, v in SIGMA_REPARAM_DIAGNOSTICS.items()},
+        **{f"{k}/<module>": v for k, v in FP8_DIAGNOSTICS.items()},
+        **{f"{k}/<module>": v for k, v in SWIGLU_DIAGNOSTICS.items()},
     }

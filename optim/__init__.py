@@ -27,6 +27,7 @@ import optax
 from optim import schedules
 from optim.adam import scale_by_adam
 from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global_norm, global_norm, skip_step
+from optim.fp8_moments import fp8_moments
 from optim.masks import decay_mask, stacked_by_path
 from optim.mup import scale_by_multipliers
 from optim.probes import adam_attenuation
@@ -77,6 +78,7 @@ OPTIMIZERS = {
     ),
     "sgd": lambda o, h: sgd_momentum(h["b1"]),  # optax.trace: m ← β1·m + g, u = m (torch SGD); β1 = 0: plain SGD
 }
+FP8_MOMENTS = ("adamw", "spam")  # the optimizers whose state holds Adam's m and v (optim.fp8_moments)
 
 # optim.clip_mode -> (optim_cfg, hparams) -> gradient clipping with threshold hparams["clip"] (<= 0: off)
 CLIPPING = {
@@ -142,6 +144,10 @@ def make_optimizer(
     schedule = make_schedule(optim_cfg, total_steps, h)
     clip = _lookup(CLIPPING, optim_cfg.clip_mode, "optim.clip_mode")(optim_cfg, h)
     direction = _lookup(OPTIMIZERS, optim_cfg.name, "optim.name")(optim_cfg, h)
+    if optim_cfg.fp8_moments:  # m in E4M3, v in E5M2 between steps (optim/fp8_moments.py)
+        if optim_cfg.name not in FP8_MOMENTS:
+            raise ValueError(f"optim.fp8_moments=True needs optim.name in {FP8_MOMENTS}, got {optim_cfg.name!r}")
+        direction = fp8_moments(direction)
     stacked = stacked_by_path(optim_cfg.stacked_params)
     mask = None if optim_cfg.decay_all else functools.partial(decay_mask, stacked=stacked)
     peak, wd, skip = jnp.asarray(h["lr"], jnp.float32), h["weight_decay"], optim_cfg.skip_step

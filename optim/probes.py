@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optim.fp8_moments import dequantized
 
 
 def tensor_name(path) -> str:
@@ -23,11 +24,11 @@ def adam_attenuation(opt_state, eps, b1, b2) -> dict[str, jax.Array]:
     """Adam's ε attenuation per tensor, RMS(m̂/(√v̂+ε)) / RMS(m̂/√v̂) (Wortsman et al. 2023 §3.4; spec optimizers
     §4(a)), from every `optax.ScaleByAdamState` in `opt_state` (optim.adam's state; SPAM's differs and is skipped),
     wherever it sits: under `with_lr_schedule`, `skip_step` or an `optax.chain` (found by its type name with
-    `optax.tree_utils.tree_get_all_with_path`). m̂, v̂ are bias-corrected with the state's count. 1 means no
-    attenuation; r/(r+ε) for a constant gradient r. Entries with v̂ = 0 count as 0 in both RMS; a tensor with none
-    left reports 1. Keys are `adam_attenuation/<tensor_name(param path)>`."""
+    `optax.tree_utils.tree_get_all_with_path`; FP8-stored moments dequantised first, optim/fp8_moments.py). m̂, v̂
+    are bias-corrected with the state's count. 1 means no attenuation; r/(r+ε) for a constant gradient r. Entries
+    with v̂ = 0 count as 0 in both RMS; a tensor with none left reports 1. Keys are `adam_attenuation/<tensor_name(param path)>`."""
     out = {}
-    for _, s in optax.tree_utils.tree_get_all_with_path(opt_state, "ScaleByAdamState"):
+    for _, s in optax.tree_utils.tree_get_all_with_path(dequantized(opt_state), "ScaleByAdamState"):
         k = s.count.astype(jnp.float32)
         r1, r2 = 1.0 / (1.0 - b1**k), 1.0 / (1.0 - b2**k)
 

@@ -220,3 +220,47 @@ def test_composes_with_sigma_reparam_and_refuses_what_it_cannot_do():
     bad.fp8.targets = "mlp,embed"
     with pytest.raises(ValueError, match="model.fp8.targets"):
         transformer.Transformer(bad, rngs=nnx.Rngs(0))
+
+
+# ---- diagnostics: the saturated fraction per quantized tensor (models/probes.py capture_metrics) -----------------
+
+def test_saturation_metrics_against_numpy_with_outgrown_amax_histories():
+    """Delayed scaling whose histories hold 1/8, 1/4 and 1/16 of this step's amax: the fractions of x, W and g
+    that saturate (|t·s| >= fmax) equal numpy's, g being d loss / d y of the FP8 output; a plain forward outside
+    the diagnostic capture leaves no trace in the module's state."""
+    from models import layers, probes
+
+    c = base.get_config("tiny").model
+    c.update(dtype="float32")
+    c.fp8.update(enabled=True, targets="mlp", amax_history=2)
+    lin = layers.make_linear(c, (16,), (8,), ("embed", "mlp"), init=jax.nn.initializers.normal(1.0),
+                             rngs=nnx.Rngs(0), fp8_target="mlp")
+    x = jax.random.normal(jax.random.key(0), (4, 16)) * jnp.linspace(0.1, 3.0, 16)
+    cot = jax.random.normal(jax.random.key(1), (4, 8)) ** 3
+    w = lin.kernel[...]
+    amax = lambda a: float(np.abs(np.asarray(a, np.float64)).max())  # noqa: E731
+    lin.fp8.x_amax_history[...] = jnp.array([amax(x) / 8, 0.0])
+    lin.fp8.w_amax_history[...] = jnp.array([0.0, amax(w) / 4])
+    lin.fp8.grad_amax_history[...] = jnp.array([amax(cot) / 16, amax(cot) / 32])
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(lin)))
+    got = probes.capture_metrics(lambda m: jnp.sum(m.lin(x) * cot), nnx.Dict(lin=lin))
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(lin)))
+    jax.tree.map(np.testing.assert_array_equal, before, after)  # the probe does not change the model
+
+    def frac(t, hist_amax, fmax):
+        s = 2.0 ** np.floor(np.log2(fmax / hist_amax))
+        return np.mean(np.abs(np.asarray(t, np.float64)) * s >= fmax)
+
+    want = {"x": frac(x, amax(x) / 8, 448.0), "w": frac(w, amax(w) / 4, 448.0),
+            "grad": frac(cot, amax(cot) / 16, 57344.0)}
+    assert set(got) == {f"fp8_saturated/lin/{t}" for t in want}
+    for t, v in want.items():
+        assert 0 < v < 1 and float(got[f"fp8_saturated/lin/{t}"]) == pytest.approx(v, abs=1e-7), t
+    lin(x)
+    assert not jax.tree.leaves(nnx.state(lin, nnx.Intermediate))
+    assert not jax.tree.leaves(nnx.state(lin, nnx.Perturbation))
+    c.fp8.scaling = "current"  # scales from the tensor itself never saturate (pow2 rounds the scale down)
+    lin_cur = layers.make_linear(c, (16,), (8,), ("embed", "mlp"), init=jax.nn.initializers.normal(1.0),
+                                 rngs=nnx.Rngs(0), fp8_target="mlp")
+    cur = probes.capture_metrics(lambda m: jnp.sum(m.lin(x) * cot), nnx.Dict(lin=lin_cur))
+    assert all(float(v) == 0.0 for v in cur.values()) and len(cur) == 3

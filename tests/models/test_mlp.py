@@ -84,3 +84,22 @@ def test_swiglu_alignment_metrics_against_numpy():
     assert float(got["swiglu_cos_absmax/mlp"]) == pytest.approx(1.0, abs=1e-6)
     assert float(got["swiglu_cos_abs_p999/mlp"]) == pytest.approx(np.quantile(cos, 0.999), rel=1e-5)
     assert np.sort(cos)[-2] < 0.9  # the others are not aligned at init (so the max is channel 3's)
+
+
+@pytest.mark.parametrize("name,mode", [("swiglu", "channel"), ("smooth_swiglu", "channel"), ("smooth_swiglu", "token")])
+def test_swiglu_down_absmax_is_max_h_before_smoothing(name, mode):
+    """models/probes.py capture_metrics: max |h| entering W3, h = (x w1) * Swish(x w2) in float64, the same for
+    SwiGLU and both Smooth-SwiGLU modes (their smoothing is applied after it); nothing is sown outside the capture."""
+    from models import probes
+
+    m = build(name, mode)
+    x = 3.0 * jax.random.normal(jax.random.key(4), (2, 5, 32))
+    x64 = np.asarray(x, np.float64)
+    w1, w2 = (np.asarray(getattr(m, n).kernel[...], np.float64) for n in ("w1", "w2"))
+    gate = x64 @ w2
+    h = (x64 @ w1) * gate / (1 + np.exp(-gate))
+    got = probes.capture_metrics(lambda mm: jnp.sum(mm.mlp(x)), nnx.Dict(mlp=m))
+    assert list(got) == ["swiglu_down_absmax/mlp"]
+    assert float(got["swiglu_down_absmax/mlp"]) == pytest.approx(np.abs(h).max(), rel=1e-5)
+    m(x)
+    assert not jax.tree.leaves(nnx.state(m, nnx.Intermediate))
