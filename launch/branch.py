@@ -25,7 +25,7 @@ import numpy as np
 import optim
 from absl import logging
 
-from launch import cli, configs, loop, metrics as metrics_lib
+from launch import cli, configs, data, loop, metrics as metrics_lib
 from optim.schedules import frac_or_steps  # Levanter's fraction-or-steps rule, shared with the wsd schedule
 
 # Override prefixes a branch may change: the decay, the mesh, and train fields but those of `BRANCH_FIXED`.
@@ -88,6 +88,7 @@ def branch(main_dir: str | Path, budget: int, workdir: str | Path, overrides: di
     configs.validate(cfg, n_devices=jax.device_count(), n_processes=jax.process_count())
     step = branch_step(cfg)
     check_lr_history(main_dir, main_cfg, cfg, step)
+    data.check_sources([cfg])  # a data error writes nothing into the branch directory
     configs.claim_workdir(cfg, workdir, write=jax.process_index() == 0)
     if not checkpoint_steps(workdir) and step not in checkpoint_steps(main_dir):
         raise configs.ConfigError(

@@ -131,13 +131,25 @@ def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = Tru
     `tokenizer=False`: token arrays without a tokenizer (the `prepared` source may have none)."""
     if not 0 < data_cfg.eval_fraction < 1:
         raise DataError(f"data.eval_fraction={data_cfg.eval_fraction} must lie strictly between 0 and 1")
-    tokens = np.load(prepared / "tokens.npy", mmap_mode="r")
-    ends = np.load(prepared / "doc_ends.npy")
+    tokens = load_array(prepared / "tokens.npy", mmap=True)
+    ends = load_array(prepared / "doc_ends.npy")
     target = round(len(tokens) * (1 - data_cfg.eval_fraction))
     cut = ends[np.argmin(np.abs(ends - target))] if len(ends) else target
     if abs(cut - target) > (len(tokens) - target) / 2:  # documents too coarse: cut inside one
         cut = target
     return Corpus(tokens[:cut], tokens[cut:], get_tokenizer(data_cfg, vocab_size, prepared) if tokenizer else None)
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A 1-D integer .npy array of a prepared corpus; a truncated, corrupt or non-integer file is a DataError."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npy array ({str(e).splitlines()[0].split(". ")[0]}); delete the "
+                        "directory to prepare it again, or copy it anew") from None
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path} holds a {array.dtype} array of shape {array.shape}, not a flat integer array")
+    return array
 
 
 # ---- sources ------------------------------------------------------------------------------------------------------
@@ -287,7 +299,7 @@ def tfds(data_cfg, vocab_size: int) -> Corpus:
         return sum(write_tokens(tmp / f"{split}.npy", documents(split), tok)[0] for split in SPLITS)
 
     prepared = cached(cache_root(data_cfg) / key, f"tfds {data_cfg.tfds_name}", build)
-    train, eval_ = (np.load(prepared / f"{s}.npy", mmap_mode="r") for s in SPLITS)
+    train, eval_ = (load_array(prepared / f"{s}.npy", mmap=True) for s in SPLITS)
     return Corpus(train, eval_, get_tokenizer(data_cfg, vocab_size, prepared))
 
 
@@ -350,7 +362,7 @@ def prepared(data_cfg, vocab_size: int) -> Corpus:
     path = Path(data_cfg.prepared_dir).expanduser()
     if not (path / "tokens.npy").is_file() or not (path / "doc_ends.npy").is_file():
         raise DataError(f"data.prepared_dir={str(path)!r} must hold tokens.npy and doc_ends.npy (launch/data.py)")
-    tokens = np.load(path / "tokens.npy", mmap_mode="r")
+    tokens = load_array(path / "tokens.npy", mmap=True)
     top = int(tokens[: 1 << 24].max())  # a cheap check on the first 16M ids; an id past the vocab fails loudly
     if top >= vocab_size:
         raise DataError(f"{path}/tokens.npy holds id {top} >= model.vocab_size={vocab_size}")
@@ -371,3 +383,14 @@ def make_source(data_cfg, *, vocab_size: int, seed: int, process_index: int = 0,
     corpus = SOURCES[data_cfg.source](data_cfg, vocab_size)
     return TokenSource(corpus, vocab_size=vocab_size, seq_len=data_cfg.seq_len, batch_size=data_cfg.batch_size,
                        seed=seed, process_index=process_index, process_count=process_count)
+
+
+def check_sources(cfgs) -> None:
+    """Opens the data of each distinct (config.data, model.vocab_size) of the configs `cfgs` once, so that a data
+    error stops a command before it writes anything into a run or sweep directory."""
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps([cfg.data.to_dict(), cfg.model.vocab_size], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            make_source(cfg.data, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed)

@@ -44,7 +44,7 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import cli, configs, loop, metrics as metrics_lib, records, report
+from launch import cli, configs, data, loop, metrics as metrics_lib, records, report
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
 
@@ -255,6 +255,7 @@ def run_sweep(
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
     all_trials = make_trials(base, sweep)
     trials = shard_trials(all_trials, *parse_shard(shard))
+    data.check_sources([t.cfg for t in trials])  # a data error writes nothing into the sweep directory
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
     if jax.process_index() == 0:  # every trial of the sweep (all shards): the report flags the missing ones
         listing = [{"id": t.id, "overrides": t.overrides} for t in all_trials]
