@@ -44,7 +44,7 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import cli, configs, data, loop, metrics as metrics_lib, records, report
+from launch import cli, configs, data, loop, metrics as metrics_lib, plan, records, report
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
 
@@ -280,6 +280,11 @@ def main(argv) -> None:
     from absl import flags
 
     sweep = load_sweep(flags.FLAGS["config"].config_filename)
+    if flags.FLAGS.dry_run:  # every trial validated, the plan printed; nothing compiled or written
+        groups = group_trials(shard_trials(make_trials(flags.FLAGS.config, sweep), *parse_shard(flags.FLAGS.shard)))
+        print(plan.describe([[(t.id, t.cfg) for t in g] for g in groups], batched=flags.FLAGS.executor == "batched",
+                            tokens_per_second=flags.FLAGS.tokens_per_second))
+        return
     run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard)
 
 
@@ -288,4 +293,5 @@ if __name__ == "__main__":
 
     flags.DEFINE_enum("executor", "local", list(EXECUTORS), "local: trials one after another; batched: vmapped groups")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
+    plan.define_flags()
     cli.run(main, config="file", workdir=True)
