@@ -254,9 +254,9 @@ def check_value(rule: Rule, value) -> str | None:
 
 def did_you_mean(key: str, known) -> str:
     """"; did you mean model.d_ff?" when a known field is close to `key`, else ""."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    if not close:  # the same leaf in another section, e.g. train.lr -> optim.lr
-        close = [k for k in known if k.rpartition(".")[2] == key.rpartition(".")[2]][:1]
+    # the same leaf in another section first (train.lr -> optim.lr), else the closest spelling
+    close = [k for k in known if k.rpartition(".")[2] == key.rpartition(".")[2]][:1]
+    close = close or difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
 
