@@ -133,7 +133,10 @@ def run(
     if config == "file":
         config_flags.DEFINE_config_file("config", None, "experiment file and preset, e.g. experiments/base.py:tiny")
     elif config == "dict":
-        config_flags.DEFINE_config_dict("config", default_config, "--config.a.b=v overrides")
+        try:  # reads the --config.a.b=v overrides of sys.argv at once: an unknown field fails here
+            config_flags.DEFINE_config_dict("config", default_config, "--config.a.b=v overrides")
+        except Exception as e:  # noqa: BLE001 - ml_collections raises KeyError/AttributeError/TypeError
+            fail(_parse_error(e, sys.argv, default_config))
     elif config is not None:
         raise ValueError(f"cli.run(config={config!r}): choose 'file', 'dict' or None")
     if workdir:
@@ -152,7 +155,7 @@ def run(
             rest = FLAGS(argv)
             if config == "file" and FLAGS.config is not None:
                 FLAGS.config.keys()  # a config file that failed to load raises only when first used
-        except (flags.Error, ValueError, TypeError, AttributeError, KeyError, OSError, SyntaxError) as e:
+        except Exception as e:  # noqa: BLE001 - flags, and whatever the config file's own code raised
             fail(_parse_error(e, argv, default_config if config == "dict" else None))
         if config == "file" and FLAGS.config is None:
             fail("--config is required, e.g. --config=experiments/base.py:tiny")

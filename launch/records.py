@@ -40,8 +40,13 @@ def append_result(path: Path, row: dict) -> None:
         os.close(fd)
 
 
-# keys of a results.jsonl row that the sweep and the report read; a row without them is skipped with a warning
-RESULT_KEYS = ("id", "overrides", "diverged", "eval_loss", "final_loss")
+_NUMBER = (int, float, type(None))
+# a results.jsonl row's keys that the sweep and the report read, with their types; a row without them (or with
+# another type) is skipped with a warning
+RESULT_KEYS = {
+    "id": str, "overrides": dict, "diverged": bool, "eval_loss": _NUMBER, "final_loss": _NUMBER,
+    "initial_loss": _NUMBER, "lr": _NUMBER, "n_params": _NUMBER, "wall_seconds": _NUMBER,
+}
 
 
 def read_results(path: Path) -> list[dict]:
@@ -63,11 +68,12 @@ def read_results(path: Path) -> list[dict]:
             if n == len(lines) and not text.endswith("\n"):
                 continue  # a line cut by a kill
             row = None
-        missing = [k for k in RESULT_KEYS if k not in row] if isinstance(row, dict) else None
-        number = (int, float, type(None))
-        if missing is None or missing or not isinstance(row["overrides"], dict) or not isinstance(row["id"], str) \
-                or not isinstance(row["diverged"], bool) or not all(isinstance(row[k], number) for k in RESULT_KEYS[3:]):
-            why = f"lacks {', '.join(missing)}" if missing else "is not a results row (id, overrides, diverged, losses)"
+        why = "is not a JSON object"
+        if isinstance(row, dict):
+            missing = [k for k in RESULT_KEYS if k not in row]
+            wrong = [k for k, t in RESULT_KEYS.items() if k in row and not isinstance(row[k], t)]
+            why = f"lacks {', '.join(missing)}" if missing else f"has a malformed {', '.join(wrong)}" if wrong else ""
+        if why:
             print(f"warning: {path}:{n} {why}; skipped", file=sys.stderr)
             continue
         if row["id"] not in seen:
