@@ -287,6 +287,7 @@ def train_cases(tmp: Path) -> list[Case]:
              wd, env={"PIP_INDEX_URL": "http://127.0.0.1:9/simple"}),
         Case("train", [*tiny, "--dry_run", "--config.optim.lr=-1"], "optim.lr=-1.0 must be > 0", wd),
         Case("train", [*tiny, "--dry_run", "--tokens_per_second=fast"], "--tokens_per_second", wd),
+        Case("train", [*tiny, "--dry_run", "--config.data.source=synthetic"], "", wd, code=0),  # a good plan: no writes
     ]
 
 

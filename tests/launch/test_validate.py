@@ -136,3 +136,22 @@ def test_docs_render_a_config_module_and_refuse_a_field_without_description(tmp_
         with pytest.raises(validate.SchemaError, match="model.width"):
             validate.render_docs(_module(tmp_path, body))
         validate.parse_schema.cache_clear()
+
+
+def test_dry_run_plan_counts():
+    """launch/plan.py's figures of the tiny model: parameters, FLOPs per step (6·N_matmul + attention, by hand)
+    and the wall time at a stated throughput."""
+    from launch import plan
+
+    cfg = configs.apply_overrides(base.get_config("tiny"), {"data.source": "synthetic"})
+    d, L, V, T, B = 64, 2, 512, 64, 16
+    n_matmul = L * (4 * d * d + 2 * d * 4 * d) + V * d  # q, k, v, o; the gelu MLP; the untied head
+    per_token = 6 * n_matmul + L * 2 * 12 * 32 * (T + 1) / 2  # 2 heads of Dh 32 over (T+1)/2 keys on average
+    assert plan.matmul_params(cfg, plan.abstract_params(cfg)) == n_matmul
+    text = plan.describe([[("run", cfg)], [("a", cfg), ("b", cfg)]], batched=True, tokens_per_second=B * T * 3.0,
+                         n_devices=1, backend="cpu")
+    assert f"{per_token * B * T / 1e9:.3g} GFLOP per step per trial" in text
+    assert "group 2/2: 2 trial(s) as one program of 2 members" in text and "2 member(s)" in text
+    assert "wall time ~1.7 min" in text and "wall time ~3.3 min" in text  # 300 steps / 3 steps/s, then x2 members
+    assert "params 0.16M" in text  # launch/memory.py n_params: 164160
+    assert "total:" in text and "wall time ~5.0 min" in text
