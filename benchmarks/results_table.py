@@ -12,7 +12,7 @@ benchmarks/sweep_executors.sh (they have an "executor" key) make the executor ta
 with each executor, and batched / local. Rows of benchmarks/side_by_side.py make the side-by-side table; rows of
 benchmarks/compile_cache.py (a "cache" key) the compilation-cache table.
 
-MFU in PEERS and in rows written before benchmarks/flops.py is over the measured 790 TFLOP/s with PaLM's
+MFU in PEERS and in rows written before launch/flops.py is over the measured 790 TFLOP/s with PaLM's
 6 N + 12 L H Dh T count (the old rule, RESULTS.md "How MFU is computed"); newer rows' `mfu` is over 989.
 """
 
@@ -34,7 +34,7 @@ MFU_HEADER = "MFU (989 / 790 peak; † old rule)"
 
 
 def mfu_cell(r: dict) -> str:
-    """A row's MFU: datasheet / measured peak (benchmarks/flops.py), or the old-rule figure marked †."""
+    """A row's MFU: datasheet / measured peak (launch/flops.py), or the old-rule figure marked †."""
     if "mfu_measured_peak" in r:
         return f"{r['mfu']:.1%} / {r['mfu_measured_peak']:.1%}"
     return f"{r['mfu']:.1%}{OLD_RULE}"

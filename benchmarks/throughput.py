@@ -7,7 +7,7 @@ already live on the device, after `--warmup` untimed steps (compilation). Report
 
     tokens/s      batch_size * seq_len * steps / wall time (block_until_ready at both ends)
     mfu           model FLOPs/s over the datasheet peak (`--peak_tflops`, default 989: H200 dense bf16), with model
-                  FLOPs per token from benchmarks/flops.py: 6 N_matmul + 12 Σ_heads Dh T_eff per layer, T_eff the
+                  FLOPs per token from launch/flops.py: 6 N_matmul + 12 Σ_heads Dh T_eff per layer, T_eff the
                   mean number of keys a query attends to ((T + 1) / 2 causal; a local head of window w: ≈ w)
     mfu_measured_peak   the same over the measured bf16 GEMM peak (`--measured_peak_tflops`, default 790, DESIGN §7)
     peak memory   the device allocator's high-water mark, where the backend reports it
@@ -25,25 +25,9 @@ import numpy as np
 import jax.numpy as jnp
 from absl import flags
 
-from benchmarks import flops
-from launch import cli, configs, mesh as mesh_lib, step as step_lib
+from launch import cli, configs, flops, mesh as mesh_lib, step as step_lib
+from launch.plan import matmul_params, model_flops_per_token  # the one FLOP count of a config
 from models import transformer
-
-
-def model_flops_per_token(cfg, n_matmul_params: int) -> float:
-    """benchmarks/flops.py's training FLOPs per token for `cfg` (attention=ls local heads cost their window)."""
-    head_dim, _ = transformer.dims(cfg.model)
-    return flops.model_flops_per_token(
-        n_matmul_params, n_layers=cfg.model.n_layers, head_dim=head_dim, seq_len=cfg.data.seq_len,
-        windows=flops.head_windows(cfg.model),
-    )
-
-
-def matmul_params(cfg, params) -> int:
-    """N_matmul: every kernel of >= 2 axes except the embedding table, plus V·d when the head is tied to it."""
-    embed = params["embed"]["embedding"]
-    others = [x.shape for x in jax.tree.leaves(params) if x is not embed]
-    return flops.matmul_params(others, tied_head_size=int(embed.size) if cfg.model.tie_embeddings else 0)
 
 
 def step_setup(cfg, members: int = 1):

@@ -25,7 +25,7 @@ import numpy as np
 import optim
 from absl import logging
 
-from launch import cli, configs, loop, metrics as metrics_lib
+from launch import cli, configs, data, loop, metrics as metrics_lib
 from optim.schedules import frac_or_steps  # Levanter's fraction-or-steps rule, shared with the wsd schedule
 
 # Override prefixes a branch may change: the decay, the mesh, and train fields but those of `BRANCH_FIXED`.
@@ -88,13 +88,14 @@ def branch(main_dir: str | Path, budget: int, workdir: str | Path, overrides: di
     configs.validate(cfg, n_devices=jax.device_count(), n_processes=jax.process_count())
     step = branch_step(cfg)
     check_lr_history(main_dir, main_cfg, cfg, step)
-    configs.claim_workdir(cfg, workdir, write=jax.process_index() == 0)
     if not checkpoint_steps(workdir) and step not in checkpoint_steps(main_dir):
         raise configs.ConfigError(
             f"{main_dir} has no checkpoint at step {step}, where the decay of budget {budget} begins (it has steps "
             f"{checkpoint_steps(main_dir)}); set the main run's train.ckpt_every to divide {step} and "
             "train.keep_ckpts to keep it"
         )
+    data.check_sources([cfg])  # a data or checkpoint error writes nothing into the branch directory
+    configs.claim_workdir(cfg, workdir, write=jax.process_index() == 0)
     claim_branch(workdir, dict(main=str(main_dir.resolve()), step=step, budget=budget))
     if verbose and not checkpoint_steps(workdir):
         logging.info("%s: branching %s at step %d to decay until %d", workdir, main_dir, step, budget)

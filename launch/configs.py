@@ -14,32 +14,17 @@ from pathlib import Path
 import ml_collections
 
 import optim
-from launch import corpus, data, mesh as mesh_lib
+from launch import corpus, mesh as mesh_lib, validate as validate_lib
+from launch.validate import ConfigError, flatten  # noqa: F401 (the ones every command uses)
 
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
 COSMETIC_FIELDS = frozenset({"train.progress", "train.compilation_cache"})
 # Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
 # seed (an argument of init and of the data order), and cosmetic fields.
 MEMBER_FIELDS = frozenset({f"optim.{k}" for k in optim.HPARAM_KEYS} | {"train.seed"} | COSMETIC_FIELDS)
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run, with a one-line message naming the field."""
 
 
 USER_ERRORS = (ConfigError, corpus.DataError, mesh_lib.MeshError)
-
-
-def flatten(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict:
-    """{"model.d_model": 64, ...} of a (nested) config."""
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
@@ -48,7 +33,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
     known = flatten(cfg)
     for key, value in overrides.items():
         if key not in known:
-            raise ConfigError(f"unknown config field {key!r}")
+            raise ConfigError(f"unknown field {key}{validate_lib.did_you_mean(key, known)}")
         parent, _, leaf = key.rpartition(".")
         node = cfg
         for part in parent.split(".") if parent else []:
@@ -56,7 +41,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
         try:
             node[leaf] = value
         except TypeError as e:
-            raise ConfigError(f"{key}={value!r}: {e}") from None
+            raise ConfigError(f"{key}={value!r} must be a {type(known[key]).__name__}, like its default "
+                              f"{known[key]!r}") from None
     return cfg
 
 
@@ -66,72 +52,25 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
-    """Checks types, ranges and combinations; raises ConfigError naming the field. Cheap: builds nothing big."""
+    """The schema of every field and the cross-field rules (launch/validate.py), then what needs the devices and
+    the registries' own checks; raises ConfigError naming the field. Cheap: builds nothing big."""
     from flax import nnx
 
     from models import transformer
 
-    m, d, t = cfg.model, cfg.data, cfg.train
-    for field in ("vocab_size", "d_model", "n_layers", "n_heads"):
-        _check(m[field] > 0, f"model.{field}={m[field]} must be positive")
-    if not m.head_dim:
-        _check(
-            m.d_model % m.n_heads == 0,
-            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads} (set model.head_dim explicitly)",
-        )
-    head_dim, _ = transformer.dims(m)
-    _check(head_dim % 2 == 0, f"model.head_dim={head_dim} must be even (RoPE rotates channel pairs)")
-    for field in ("dtype", "param_dtype", "logits_dtype"):
-        _check(m[field] in DTYPES, f"model.{field}={m[field]!r} must be one of {DTYPES}")
-    _check(d.seq_len > 0 and d.batch_size > 0, f"data.seq_len={d.seq_len} and data.batch_size={d.batch_size} must be positive")
-    _check(t.steps > 0, f"train.steps={t.steps} must be positive")
-    _check(t.log_every > 0, f"train.log_every={t.log_every} must be positive")
-    _check(t.eval_batches > 0, f"train.eval_batches={t.eval_batches} must be positive")
-    _check(t.keep_ckpts > 0, f"train.keep_ckpts={t.keep_ckpts} must be positive")
-    _check(t.divergence_margin >= 0, f"train.divergence_margin={t.divergence_margin} must be >= 0 (0 = off)")
-    for field in ("diag_rows", "max_members"):
-        _check(t[field] >= 0, f"train.{field}={t[field]} must be >= 0 (0: all rows / the whole group)")
-    _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
-    if t.rewind.enabled:
-        _validate_rewind(t)
-
+    validate_lib.check(cfg)
+    d = cfg.data
     data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
     _check(
         d.batch_size % (data_ways * fsdp) == 0,
         f"data.batch_size={d.batch_size} is not divisible by the batch mesh axes data*fsdp={data_ways * fsdp}",
     )
     _check(d.batch_size % n_processes == 0, f"data.batch_size={d.batch_size} is not divisible by {n_processes} processes")
-    try:  # registry names and variant combinations, checked by building the abstract model and the optimizer
-        nnx.eval_shape(lambda: transformer.Transformer(m, rngs=nnx.Rngs(0)))
-        optim.make_optimizer(cfg.optim, int(t.steps))
+    try:  # variant combinations, checked by building the abstract model and the optimizer
+        nnx.eval_shape(lambda: transformer.Transformer(cfg.model, rngs=nnx.Rngs(0)))
+        optim.make_optimizer(cfg.optim, int(cfg.train.steps))
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-
-
-def _validate_rewind(t) -> None:
-    """train.rewind (launch/train.py): the spike test's parameters, and checkpoints that make every rewind possible.
-
-    A spike is seen at the log step that closes its window, so a checkpoint (ckpt_every a multiple of log_every)
-    never holds an undetected spike, and the spike lies after the newest checkpoint. The newest checkpoint at or
-    before (spike − steps_back) is then among the kept ones when (keep_ckpts − 1)·ckpt_every >= steps_back.
-    """
-    r = t.rewind
-    _check(r.window >= 2, f"train.rewind.window={r.window} must be >= 2 (the std needs two values)")
-    _check(r.sigma > 0, f"train.rewind.sigma={r.sigma} must be positive")
-    _check(r.steps_back >= 0, f"train.rewind.steps_back={r.steps_back} must be >= 0")
-    _check(r.skip_batches > 0, f"train.rewind.skip_batches={r.skip_batches} must be positive (same data, same spike)")
-    _check(r.max_rewinds > 0, f"train.rewind.max_rewinds={r.max_rewinds} must be positive")
-    _check(
-        t.ckpt_every > 0 and t.ckpt_every % t.log_every == 0,
-        f"train.rewind needs train.ckpt_every={t.ckpt_every} to be a positive multiple of "
-        f"train.log_every={t.log_every} (spikes are detected at log steps, before a checkpoint is saved)",
-    )
-    need = 1 + -(-r.steps_back // t.ckpt_every)
-    _check(
-        t.keep_ckpts >= need,
-        f"train.rewind.steps_back={r.steps_back} needs train.keep_ckpts >= {need} with train.ckpt_every={t.ckpt_every} "
-        f"(keep_ckpts={t.keep_ckpts} keeps {(t.keep_ckpts - 1) * t.ckpt_every} steps behind the newest checkpoint)",
-    )
 
 
 def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:

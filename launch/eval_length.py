@@ -11,12 +11,13 @@ the run's `model.softplus.query_chunk` bounds LSSAR's attention memory.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from launch import cli, configs, data, loop, mesh as mesh_lib, metrics as metrics_lib, step as step_lib
+from launch import cli, configs, data, loop, mesh as mesh_lib, metrics as metrics_lib, records, step as step_lib
 
 
 def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, batch_size: int = 0) -> dict:
@@ -25,7 +26,12 @@ def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, 
     `batches` / `batch_size` default (0) to the run's train.eval_batches / data.batch_size.
     """
     workdir = Path(workdir)
+    if batches < 0 or batch_size < 0:
+        raise configs.ConfigError(f"--batches={batches} and --batch_size={batch_size} must be >= 0 (0 = the run's)")
     cfg = configs.load_run_config(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise configs.ConfigError(f"{workdir} has no checkpoints/ to evaluate (a sweep directory? give one of its "
+                                  "trials/<id> run directories)")
     batches = batches or cfg.train.eval_batches
     batch_size = batch_size or cfg.data.batch_size
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -33,6 +39,9 @@ def evaluate_lengths(workdir: str | Path, lengths: list[int], batches: int = 0, 
     step, state = loop.restore_newest(prog, workdir)
     if state is None:
         raise configs.ConfigError(f"{workdir} has no checkpoint to evaluate")
+    if records.finished_summary(workdir) is None:
+        print(f"warning: {workdir} has not finished: evaluating its newest checkpoint, step {step} of "
+              f"{cfg.train.steps}", file=sys.stderr)
     batch_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec())
     evaluate = jax.jit(prog.eval_step, in_shardings=(prog.state_shardings, batch_sharding))
     losses = {}

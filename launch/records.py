@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from launch import evaluation, metrics as metrics_lib, step as step_lib
+from launch import configs, evaluation, metrics as metrics_lib, step as step_lib
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -39,20 +40,66 @@ def append_result(path: Path, row: dict) -> None:
         os.close(fd)
 
 
+_NUMBER = (int, float, type(None))
+# a results.jsonl row's keys that the sweep and the report read, with their types; a row without them (or with
+# another type) is skipped with a warning
+RESULT_KEYS = {
+    "id": str, "overrides": dict, "diverged": bool, "eval_loss": _NUMBER, "final_loss": _NUMBER,
+    "initial_loss": _NUMBER, "lr": _NUMBER, "n_params": _NUMBER, "wall_seconds": _NUMBER,
+}
+
+
 def read_results(path: Path) -> list[dict]:
-    """The rows of a sweep's results.jsonl, the first per trial id; a torn line (a kill mid-write) is ignored."""
+    """The rows of a sweep's results.jsonl, the first per trial id. A torn last line (a kill mid-write) is ignored;
+    a malformed or incomplete row elsewhere is skipped with a warning naming file:line (the trial then counts as
+    not finished, so a rerun trains it again)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
     rows, seen = [], set()
-    for row in metrics_lib.read_jsonl(path):
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n"):
+                continue  # a line cut by a kill
+            row = None
+        why = "is not a JSON object"
+        if isinstance(row, dict):
+            missing = [k for k in RESULT_KEYS if k not in row]
+            wrong = [k for k, t in RESULT_KEYS.items() if k in row and not isinstance(row[k], t)]
+            why = f"lacks {', '.join(missing)}" if missing else f"has a malformed {', '.join(wrong)}" if wrong else ""
+        if why:
+            print(f"warning: {path}:{n} {why}; skipped", file=sys.stderr)
+            continue
         if row["id"] not in seen:
             seen.add(row["id"])
             rows.append(row)
     return rows
 
 
+def read_summary(workdir: Path) -> dict | None:
+    """`workdir/summary.json`, None when absent; a corrupt one is a ConfigError naming it."""
+    path = Path(workdir) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise configs.ConfigError(f"{path} is corrupt (not a JSON object); delete it and rerun the command to "
+                                  "finish the run again from its checkpoints")
+    return summary
+
+
 def finished_summary(workdir: Path) -> dict | None:
     """The summary of a finished run in `workdir`, or None."""
-    path = Path(workdir) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else None
+    summary = read_summary(workdir)
     return summary if summary and summary.get("finished") else None
 
 

@@ -47,7 +47,7 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import cli, configs, loop, metrics as metrics_lib, records, report
+from launch import cli, configs, data, loop, metrics as metrics_lib, plan, records, report
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
 
@@ -327,6 +327,7 @@ def run_sweep(
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
     all_trials = make_trials(base, sweep)
     trials = shard_trials(all_trials, *parse_shard(shard))
+    data.check_sources([t.cfg for t in trials])  # a data error writes nothing into the sweep directory
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
     if jax.process_index() == 0:  # every trial of the sweep (all shards): the report flags the missing ones
         listing = [{"id": t.id, "overrides": t.overrides} for t in all_trials]
@@ -351,6 +352,11 @@ def main(argv) -> None:
     from absl import flags
 
     sweep = load_sweep(flags.FLAGS["config"].config_filename)
+    if flags.FLAGS.dry_run:  # every trial validated, the plan printed; nothing compiled or written
+        groups = group_trials(shard_trials(make_trials(flags.FLAGS.config, sweep), *parse_shard(flags.FLAGS.shard)))
+        print(plan.describe([[(t.id, t.cfg) for t in g] for g in groups], batched=flags.FLAGS.executor == "batched",
+                            tokens_per_second=flags.FLAGS.tokens_per_second))
+        return
     run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard)
 
 
@@ -361,4 +367,5 @@ if __name__ == "__main__":
                       "auto: per program group, what was measured faster (sweep.auto_executor); local: trials one "
                       "after another; batched: vmapped groups")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
+    plan.define_flags()
     cli.run(main, config="file", workdir=True)

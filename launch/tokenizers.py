@@ -60,7 +60,11 @@ class BPETokenizer(Tokenizer):
     def load(cls, path: Path) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
-        return cls(HFTokenizer.from_file(str(path)))
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception for a bad file
+            raise DataError(f"{path} is not a readable tokenizer ({str(e).splitlines()[0].split(". ")[0]}); delete the "
+                            "prepared directory to train it again, or copy it anew") from None
 
     def save(self, path: Path) -> None:
         self._tok.save(str(path))
@@ -76,7 +80,11 @@ class SentencePieceTokenizer(Tokenizer):
     """A fixed SentencePiece model (e.g. the T5 vocabulary); documents end with its `</s>`."""
 
     def __init__(self, path: str):
-        import sentencepiece
+        try:
+            import sentencepiece
+        except ImportError:
+            raise DataError(f"data.tokenizer={path} needs the sentencepiece package: pip install -e \".[tfds]\" "
+                            "(or pip install sentencepiece), or use data.tokenizer=bpe") from None
 
         try:
             self._sp = sentencepiece.SentencePieceProcessor(model_file=path)

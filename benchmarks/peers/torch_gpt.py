@@ -11,7 +11,7 @@ ladder size of experiments/base.py (read with `ast`, so ml-collections is not ne
 
 Output keys: label, size, tokens_per_second (tokens of the timed steps over their wall time, synchronised at both
 ends, as ours), step_ms (median of the per-step CUDA-event times; wall per step on CPU), step_ms_mean,
-peak_memory_gib, n_params (with the embedding), matmul_params, flops_per_token (benchmarks/flops.py: the same
+peak_memory_gib, n_params (with the embedding), matmul_params, flops_per_token (launch/flops.py: the same
 count as ours), mfu_datasheet (989 TFLOP/s), mfu_measured (790). CUDA out of memory is a result, not a crash:
 `"oom": true` without timing keys, exit status 0.
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a file path, not with -m
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import flops  # noqa: E402  (pure python)
+from launch import flops  # noqa: E402  (pure python)
 
 HEAD_DIM = 64
 TINY = dict(d_model=64, n_layers=2, n_heads=2, seq=64, batch=4, vocab=512)

@@ -27,7 +27,6 @@ module composes them. No module uses another's underscore names.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -119,7 +118,7 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
         (out / "summary.md").write_text(sweep_summary(path, rows, groups, definition is not None) + sections)
     elif (path / "metrics.jsonl").exists():
         out.mkdir(exist_ok=True)
-        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+        summary = records.read_summary(path) or {}
         drawn = common.plot_metric({path.name: [(path.name, path, bool(summary.get("diverged")))]}, metric, log_y,
                                    out / png)
         (out / "summary.md").write_text(run_summary(path, summary))

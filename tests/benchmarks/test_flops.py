@@ -1,10 +1,11 @@
-"""benchmarks/flops.py: the FLOP count and MFU against hand computations, and the local-window attention rule."""
+"""launch/flops.py: the FLOP count and MFU against hand computations, and the local-window attention rule."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import flops, throughput
+from benchmarks import throughput
+from launch import flops
 from experiments import base
 from launch import mesh as mesh_lib, step as step_lib
 
