@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -113,9 +114,26 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, step: int, state) -> None:
-        """Saves `state` as `step` (which must not exist yet), then its checksum manifest."""
-        self.manager.save(step, args=ocp.args.StandardSave(_flatten(state)), force=True)
-        self.manager.wait_until_finished()
+        """Saves `state` as `step` (which must not exist yet), then its checksum manifest.
+
+        A write that the filesystem refuses (full, read-only, no permission) is an OSError with that errno and the
+        path, raised once: orbax's threads would otherwise log the error with a traceback per thread first."""
+        held, refused = _HoldOrbaxErrors(), None
+        logging.getLogger("absl").addFilter(held)
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(_flatten(state)), force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - tensorstore reports OS errors as ValueError text
+            refused = re.search(r"os_error_code='(\d+)'", str(e))
+            if refused is None:
+                raise
+        finally:
+            logging.getLogger("absl").removeFilter(held)
+            if refused is None:
+                held.release()
+        if refused is not None:
+            errno = int(refused[1])
+            raise OSError(errno, os.strerror(errno), str(self.step_dir(step)))
         faults.maybe_fail("ckpt_write")
         if jax.process_index() == 0:
             write_manifest(self.step_dir(step))
@@ -196,6 +214,25 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _HoldOrbaxErrors(logging.Filter):
+    """Holds back orbax's ERROR records during a save; `release` emits them (unless the save failed on the
+    filesystem, which the OSError then reports once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        for record in self.records:
+            logging.getLogger("absl").handle(record)
 
 
 def _key(path) -> str:

@@ -98,5 +98,7 @@ def run(
             main(argv)
         except (*configs.USER_ERRORS, FileNotFoundError) as e:
             fail(str(e))
+        except OSError as e:  # a full disk, an unwritable directory: the user's environment, not a bug
+            fail(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e))
 
     app.run(guarded, flags_parser=parse)
