@@ -16,6 +16,7 @@ Command-specific flags are defined with `absl.flags` in the command module befor
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -99,6 +100,10 @@ def run(
         except (*configs.USER_ERRORS, FileNotFoundError) as e:
             fail(str(e))
         except OSError as e:  # a full disk, an unwritable directory: the user's environment, not a bug
-            fail(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e))
+            print(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e}", file=sys.stderr)
+            sys.stderr.flush()
+            # not sys.exit: atexit flushes (TensorBoard's writer, orbax's pending tasks) would print tracebacks
+            # against the same filesystem; what is on disk is what a kill leaves, which a rerun resumes exactly
+            os._exit(2)
 
     app.run(guarded, flags_parser=parse)
