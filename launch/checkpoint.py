@@ -132,8 +132,8 @@ class Checkpointer:
             if refused is None:
                 held.release()
         if refused is not None:
-            errno = int(refused[1])
-            raise OSError(errno, os.strerror(errno), str(self.step_dir(step)))
+            code = int(refused[1])
+            raise OSError(code, os.strerror(code), str(self.step_dir(step)))
         faults.maybe_fail("ckpt_write")
         if jax.process_index() == 0:
             write_manifest(self.step_dir(step))
@@ -154,6 +154,10 @@ class Checkpointer:
         reason = problem(self.step_dir(step))
         if reason is not None:
             raise CheckpointError(f"checkpoint {self.step_dir(step)} is {reason}")
+        return self._read(step, abstract_state)
+
+    def _read(self, step: int, abstract_state):
+        """`restore` of a step whose checksums were just verified."""
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(_flatten(abstract_state)))
         except Exception as e:  # noqa: BLE001 - its checksums match: a state of another program (code version?)
@@ -178,7 +182,7 @@ class Checkpointer:
             if reason is None:
                 if bad:
                     self._set_aside(bad, move_aside, f"using step {step}")
-                return step, self.restore(step, abstract_state)
+                return step, self._read(step, abstract_state)
             bad.append((step, reason))
         if any(reason.startswith("corrupt") for _, reason in bad):
             listing = "; ".join(f"step {s} is {r}" for s, r in bad)

@@ -15,9 +15,9 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import corpus, data, mesh as mesh_lib
+from launch import corpus, data, mesh as mesh_lib, provenance
 
-# config.json's record of the code a run was started under (records.provenance), beside the flat config fields.
+# config.json's record of the code a run was started under (launch/provenance.py), beside the flat config fields.
 PROVENANCE = "provenance"
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
 COSMETIC_FIELDS = frozenset({"train.progress"})
@@ -140,12 +140,10 @@ def _validate_rewind(t) -> None:
 def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
     """Creates `workdir` and writes config.json; refuses a workdir that holds a run of a different config, and
     warns when it was started under other code (config.json's `PROVENANCE`, kept from the first attempt)."""
-    from launch import records  # not at the top: records imports jax and the train step
-
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     new = json.loads(json.dumps(flatten(cfg)))
-    current = records.provenance()
+    current = provenance.current()
     recorded = current
     if path.exists():
         old = json.loads(path.read_text())
@@ -156,7 +154,7 @@ def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
                 f"{workdir} holds a run with a different config (changed: {', '.join(changed[:5])}); "
                 "use a new --workdir or delete it"
             )
-        change = records.provenance_change(recorded, current)
+        change = provenance.change(recorded, current)
         if change:
             logging.warning("%s was started under other code (%s); resuming it under this code", workdir, change)
     new[PROVENANCE] = recorded

@@ -7,12 +7,9 @@ kill leaves whole lines (or one torn last line, which readers ignore and the nex
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -50,37 +47,6 @@ def read_results(path: Path) -> list[dict]:
             seen.add(row["id"])
             rows.append(row)
     return rows
-
-
-PROVENANCE_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")
-_REPO = Path(__file__).resolve().parents[1]
-
-
-def provenance() -> dict:
-    """The code a run runs (config.json's `provenance`): the git commit, whether tracked files differ from it
-    (`git_dirty`) and a sha256 of that difference, when proxylab runs from a git checkout, else the installed
-    package version; and the versions of `PROVENANCE_PACKAGES`."""
-
-    def git(*args) -> str:
-        return subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True, check=True,
-                              timeout=30).stdout
-
-    try:
-        diff = git("diff", "HEAD", "--no-ext-diff")
-        code = {"git_commit": git("rev-parse", "HEAD").strip(), "git_dirty": bool(diff)}
-        if diff:
-            code["git_diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed package)
-        code = {"version": importlib.metadata.version("proxylab")}
-    return {**code, **{name: importlib.metadata.version(name) for name in PROVENANCE_PACKAGES}}
-
-
-def provenance_change(recorded: dict, current: dict) -> str | None:
-    """What differs between the provenance a run recorded and the current one ("jax 0.11.2 -> 0.11.3, ..."), or
-    None when they agree."""
-    diff = [f"{k} {recorded.get(k)} -> {current.get(k)}" for k in sorted(set(recorded) | set(current))
-            if recorded.get(k) != current.get(k)]
-    return ", ".join(diff) or None
 
 
 def finished_summary(workdir: Path) -> dict | None:

@@ -28,7 +28,7 @@ OVERRIDES = {
     "train.log_every": 5, "train.eval_every": 10, "train.ckpt_every": 5, "train.eval_batches": 2,
     "train.keep_ckpts": 3, "train.progress": False,
 }
-LRS = (1e-3, 3e-3, 1e-2)  # a sweep's trials: one program group
+LRS = (1e-3, 1e-2)  # a sweep's trials: one program group
 TIMING = ("tokens_per_second", "wall_seconds")
 
 

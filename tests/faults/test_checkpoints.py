@@ -152,7 +152,7 @@ def test_corrupt_group_checkpoint(runtime, tmp_path, monkeypatch):
     """A batched group killed before its members' summaries, its newest stacked checkpoint bit-flipped: the rerun
     moves it aside, resumes from the previous one, and every member ends bitwise as in an uninterrupted group."""
     cfg = faultkit.config()
-    cfgs = [configs.apply_overrides(cfg, {"optim.lr": lr}) for lr in faultkit.LRS[:2]]
+    cfgs = [configs.apply_overrides(cfg, {"optim.lr": lr}) for lr in faultkit.LRS]
 
     def train(name):
         members = [loop.Member(c, tmp_path / name / str(i)) for i, c in enumerate(cfgs)]
