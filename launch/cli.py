@@ -16,6 +16,7 @@ Command-specific flags are defined with `absl.flags` in the command module befor
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import re
 import sys
 import traceback
@@ -175,7 +176,11 @@ def run(
         except (*configs.USER_ERRORS, FileNotFoundError) as e:
             fail(str(e))
         except OSError as e:  # a full disk, an unwritable directory: the user's environment, not a bug
-            fail(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e))
+            print(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e}", file=sys.stderr)
+            sys.stderr.flush()
+            # not sys.exit: atexit flushes (TensorBoard's writer, orbax's pending tasks) would print tracebacks
+            # against the same filesystem; what is on disk is what a kill leaves, which a rerun resumes exactly
+            os._exit(2)
         except Exception:  # noqa: BLE001 - anything else is a bug: say so under its traceback
             traceback.print_exc()
             print(f"error: this is a bug in proxylab ({Path(sys.argv[0]).name}), not in your input; please report it "

@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 
 import optim
-from launch import corpus, mesh as mesh_lib, validate as validate_lib
+from launch import corpus, data, mesh as mesh_lib, provenance, validate as validate_lib
 from launch.validate import ConfigError, flatten  # noqa: F401 (the ones every command uses)
 
+# config.json's record of the code a run was started under (launch/provenance.py), beside the flat config fields.
+PROVENANCE = "provenance"
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
 COSMETIC_FIELDS = frozenset({"train.progress", "train.compilation_cache"})
 # Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
@@ -74,18 +77,26 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
 
 
 def claim_workdir(cfg, workdir: Path, write: bool = True) -> None:
-    """Creates `workdir` and writes config.json; refuses a workdir that holds a run of a different config."""
+    """Creates `workdir` and writes config.json; refuses a workdir that holds a run of a different config, and
+    warns when it was started under other code (config.json's `PROVENANCE`, kept from the first attempt)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     new = json.loads(json.dumps(flatten(cfg)))
+    current = provenance.current()
+    recorded = current
     if path.exists():
         old = json.loads(path.read_text())
+        recorded = old.pop(PROVENANCE, None) or current
         changed = sorted(k for k in set(old) | set(new) if k not in COSMETIC_FIELDS and old.get(k) != new.get(k))
         if changed:
             raise ConfigError(
                 f"{workdir} holds a run with a different config (changed: {', '.join(changed[:5])}); "
                 "use a new --workdir or delete it"
             )
+        change = provenance.change(recorded, current)
+        if change:
+            logging.warning("%s was started under other code (%s); resuming it under this code", workdir, change)
+    new[PROVENANCE] = recorded
     if write:
         from launch.metrics import write_json_atomic
 
@@ -109,4 +120,6 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{workdir} holds no run (no config.json)")
-    return unflatten(json.loads(path.read_text()))
+    flat = json.loads(path.read_text())
+    flat.pop(PROVENANCE, None)
+    return unflatten(flat)

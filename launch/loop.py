@@ -34,8 +34,8 @@ import numpy as np
 from absl import logging
 
 import optim
-from launch import checkpoint, configs, corpus, data, evaluation, mesh as mesh_lib, metrics as metrics_lib, records
-from launch import rewind
+from launch import checkpoint, configs, corpus, data, evaluation, faults, mesh as mesh_lib, metrics as metrics_lib
+from launch import records, rewind
 from launch import step as step_lib
 from models import transformer
 
@@ -160,10 +160,11 @@ def state_from_run(prog: step_lib.Program, workdir: Path, source: Path, step: in
 
 
 def restore_newest(prog: step_lib.Program, workdir: Path) -> tuple[int | None, dict | None]:
-    """(step, state) of the newest readable checkpoint of the run in `workdir`, or (None, None)."""
+    """(step, state) of the newest complete checkpoint of the run in `workdir`, or (None, None); read-only (a broken
+    newer step is skipped with a warning, not moved aside: that is the resume's job)."""
     ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=prog.cfg.train.keep_ckpts)
     try:
-        return ckpt.restore_latest(prog.abstract_state())
+        return ckpt.restore_latest(prog.abstract_state(), move_aside=False)
     finally:
         ckpt.close()
 
@@ -172,8 +173,7 @@ def save_member(cfg, directory: Path, step: int, state) -> None:
     """One member's state at `step` into `directory` (its checkpoints/ or decayed/), unless a replay already did."""
     ckpt = checkpoint.Checkpointer(directory, keep=None if directory.name == "decayed" else cfg.train.keep_ckpts)
     try:
-        if step not in ckpt.manager.all_steps():
-            ckpt.save(step, state)
+        ckpt.ensure(step, state)
     finally:
         ckpt.close()
 
@@ -270,10 +270,12 @@ def train_group(
 
     def done(i: int) -> None:
         live[i] = False
+        faults.maybe_fail("summary")
         summaries[i] = recs[i].finish()
         if on_done is not None:
             on_done(i, summaries[i])
 
+    poison = faults.nonfinite("params")
     t0, pending, step = time.time(), [], start
     while step < total and live.any():
         step_num = step + 1  # steps completed after this update
@@ -282,7 +284,11 @@ def train_group(
             diag_M = jax.device_get(group.diagnose(states, batch, hparams_M))
             for i in np.flatnonzero(live):
                 recs[i].write(step_num, member_slice(diag_M, i))
+        if poison is not None and step_num == poison.step:  # an injected fault (launch/faults.py)
+            params = jax.tree.map(lambda p: p.at[poison.member].set(poison.value), states["params"])
+            states = dict(states, params=jax.device_put(params, group.state_shardings["params"]))
         states, metrics_M = group.step(states, batch, hparams_M)
+        faults.maybe_fail("step")
         pending.append((step_num, metrics_M))
         was_live = live.copy()
         if records.due(cfg.train.log_every, step_num, total):
@@ -306,6 +312,7 @@ def train_group(
         eval_due = cfg.train.eval_every and records.due(cfg.train.eval_every, step_num, total)
         if live.any() and (eval_due or step_num in decay_ends):
             eval_M = evaluation.evaluate_loss(group, states, gdata, cfg.train.eval_batches)
+            faults.maybe_fail("eval")
         if live.any() and eval_due:
             buckets_M = evaluation.evaluate_buckets(group, states, gdata, cfg.train.eval_batches, table) \
                 if n_buckets else {}

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import optim
-from launch import mesh as mesh_lib
+from launch import faults, mesh as mesh_lib
 from models import fp8, mlp, probes, transformer
 
 
@@ -138,6 +138,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     # also differentiated w.r.t. `rest`: the FP8 gradient scales come out of the backward as their cotangents
     # ("overwrite with gradient", models/fp8.py); no other leaf of `rest` reaches the optimizer
     grad_fn = jax.value_and_grad(forward, argnums=(0, 1), has_aux=True)
+    fault = faults.nonfinite("loss") or faults.nonfinite("grads")  # a testing aid; None (no-op) in real runs
 
     def gradients(state, batch_BxS, hparams):
         (loss, (aux, stats, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False)
@@ -146,6 +147,12 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             batch_num = state["step"] + state["data_offset"] + 1
             spike = jnp.where(batch_num == cfg.train.spike_at_step, cfg.train.spike_scale, 1.0)
             grads = jax.tree.map(lambda g: g * spike.astype(g.dtype), grads)
+        if fault is not None:  # an injected non-finite loss or gradient at that data position (launch/faults.py)
+            scale = jnp.where(state["step"] + state["data_offset"] + 1 == fault.step, fault.value, 1.0)
+            if fault.target == "loss":
+                loss = loss * scale.astype(loss.dtype)
+            else:
+                grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         tx = optim.make_optimizer(cfg.optim, total_steps, hparams, lr_multipliers)
         # skip_step judges the unscaled CE and the (possibly spiked) gradient norm (spec optimizers §10)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"], loss=aux["ce"])
