@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import corpus, data, mesh as mesh_lib, provenance, validate as validate_lib
+from launch import corpus, mesh as mesh_lib, provenance, validate as validate_lib
 from launch.validate import ConfigError, flatten  # noqa: F401 (the ones every command uses)
 
 # config.json's record of the code a run was started under (launch/provenance.py), beside the flat config fields.
@@ -43,7 +43,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
             node = node[part]
         try:
             node[leaf] = value
-        except TypeError as e:
+        except TypeError:
             raise ConfigError(f"{key}={value!r} must be a {type(known[key]).__name__}, like its default "
                               f"{known[key]!r}") from None
     return cfg
