@@ -8,6 +8,7 @@ it into ONE line on stderr and exit status 2, before anything is compiled or wri
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import optim
 from launch import corpus, data, mesh as mesh_lib
 
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
-COSMETIC_FIELDS = frozenset({"train.progress"})
+COSMETIC_FIELDS = frozenset({"train.progress", "train.wandb.project", "train.wandb.entity", "train.wandb.mode"})
 # Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
 # seed (an argument of init and of the data order), and cosmetic fields.
 MEMBER_FIELDS = frozenset({f"optim.{k}" for k in optim.HPARAM_KEYS} | {"train.seed"} | COSMETIC_FIELDS)
@@ -94,6 +95,10 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     _check(d.source in data.SOURCES, f"data.source={d.source!r} is unknown; choose one of {sorted(data.SOURCES)}")
     if t.rewind.enabled:
         _validate_rewind(t)
+    if t.wandb.project:
+        _check(t.wandb.mode in ("offline", "online"), f"train.wandb.mode={t.wandb.mode!r} must be offline or online")
+        _check(importlib.util.find_spec("wandb") is not None,
+               f"train.wandb.project={t.wandb.project!r} needs wandb: pip install -e '.[wandb]' (or set it to \"\")")
 
     data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
     _check(

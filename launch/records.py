@@ -89,6 +89,7 @@ class RunRecord:
         self.threshold = float(step_lib.divergence_threshold(cfg, initial_loss))
         if start == 0 and self.is_main:  # rows of an attempt killed before its first checkpoint are stale
             (self.workdir / "metrics.jsonl").unlink(missing_ok=True)
+        self.wandb = metrics_lib.WandbRun.open(cfg, self.workdir) if self.is_main else None  # train.wandb.project
         self.writer = self._open_writer(start, data_offset)
         if start == 0:
             self.writer.write(0, {"eval_loss": initial_loss})
@@ -119,7 +120,7 @@ class RunRecord:
                 return row["rewind_data_offset"] <= data_offset
             return row.get("step", 0) <= step
 
-        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep)
+        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep, wandb=self.wandb)
 
     def write(self, step: int, metrics: dict) -> None:
         self.writer.write(step, metrics)
@@ -198,6 +199,8 @@ class RunRecord:
             self.progress.close()
         if self.is_main:
             metrics_lib.write_json_atomic(self.workdir / "summary.json", summary)
+        if self.wandb is not None:
+            self.wandb.finish(summary)
         if self.verbose:
             logging.info(
                 "%s: done: %s; final loss %s, eval loss %s, %.1fs", self.workdir,
