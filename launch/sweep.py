@@ -147,23 +147,26 @@ class Recorder:
         [3/14] qk_norm=True lr=0.01 ... eval 3.2100 (12.3s) | 3 done (1 diverged), 2 running, 9 left, eta 1m40s
 
     status.json (rewritten atomically as trials start and finish) counts the trials of this process's shard:
-    `done` (finished, diverged included), `diverged`, `running` (their ids), `failed` (ids whose training raised;
-    the sweep stops), `remaining` (not yet finished) and `eta_seconds`: the wall time per trial finished by this
-    process so far times the trials left (None before the first); `state` is running, finished or failed.
-    A shard (`--shard=i/n`) keeps status.shard<i>of<n>.json instead, so shards never overwrite each other.
+    `done` (finished, diverged included), `diverged`, `running` (their ids), `failed` (ids whose training raised, or
+    with a `failed` row), `remaining` (neither done nor failed) and `eta_seconds`: the wall time per trial finished
+    by this process so far times the trials remaining (None before the first); `state` is running, finished or
+    failed (the sweep stopped on an error). A shard (`--shard=i/n`) keeps status.shard<i>of<n>.json instead, so
+    shards never overwrite each other. An executor calls `start` when trials begin and `fail` for trials it gives
+    up on; finishing is the call itself.
     """
 
-    def __init__(self, path: Path, n_trials: int, n_done: int, status_path: Path | None = None, n_diverged: int = 0):
-        """`n_done` of the `n_trials` are finished already, `n_diverged` of them diverged."""
+    def __init__(self, path: Path, n_trials: int, n_done: int, status_path: Path | None = None, n_diverged: int = 0,
+                 failed: list[str] = ()):
+        """`n_done` of the `n_trials` are finished already, `n_diverged` of them diverged; `failed`: recorded failed."""
         self.path, self.n_trials, self.n_done, self.n_diverged = path, n_trials, n_done, n_diverged
         self.status_path = status_path
         self.running: list[str] = []
-        self.failed: list[str] = []
+        self.failed: list[str] = list(failed)
         self.t0, self.n_done_here = time.time(), 0
         self.write_status("running")
 
     def status(self, state: str) -> dict:
-        remaining = self.n_trials - self.n_done
+        remaining = self.n_trials - self.n_done - len(self.failed)
         per_trial = (time.time() - self.t0) / self.n_done_here if self.n_done_here else None
         return dict(
             state=state, total=self.n_trials, done=self.n_done, diverged=self.n_diverged, running=list(self.running),
@@ -180,11 +183,12 @@ class Recorder:
         self.running += [t.id for t in trials if t.id not in self.running]
         self.write_status()
 
-    def fail(self) -> None:
-        """The running trials raised: they are failed, the sweep stops (status.json says so)."""
-        self.failed += self.running
-        self.running = []
-        self.write_status("failed")
+    def fail(self, ids: list[str] | None = None) -> None:
+        """Trials `ids` failed and the sweep goes on; None: every running trial raised and the sweep stops."""
+        gone = list(self.running) if ids is None else list(ids)
+        self.failed += [i for i in gone if i not in self.failed]
+        self.running = [i for i in self.running if i not in gone]
+        self.write_status("failed" if ids is None else "running")
 
     def line(self) -> str:
         s = self.status("running")
@@ -325,11 +329,12 @@ def run_sweep(
     finished = {r["id"]: r for r in records.read_results(results)}
     todo = [t for t in trials if t.id not in finished]
     n_done = len(trials) - len(todo)
+    failed = [t.id for t in trials if finished.get(t.id, {}).get("failed")]  # rows of trials an executor gave up on
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
     logging.info("%s: %s, %d already finished; executor %s", workdir, what, n_done, executor)
     status = workdir / ("status.json" if not shard else "status.shard{}of{}.json".format(*parse_shard(shard)))
-    n_diverged = sum(bool(finished[t.id]["diverged"]) for t in trials if t.id in finished)
-    record = Recorder(results, len(trials), n_done, status, n_diverged)
+    n_diverged = sum(bool(finished[t.id].get("diverged")) for t in trials if t.id in finished)
+    record = Recorder(results, len(trials), n_done - len(failed), status, n_diverged, failed)
     try:  # every trial of the shard, not only those left to do: a batched group is always the same group
         EXECUTORS[executor](trials, workdir, record)
     except Exception:

@@ -108,3 +108,13 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(capsys, caplog)
 def test_mfu_uses_six_n_flops_per_token_and_the_device_peak():
     assert progress.mfu(1000.0, n_params=1e6, n_devices=2, peak_flops=1e12) == pytest.approx(6e9 / 2e12)
     assert progress.mfu(1000.0, n_params=1e6, n_devices=1, peak_flops=None) is None
+
+
+def test_failed_trials_are_neither_done_nor_remaining_and_the_sweep_goes_on(tmp_path):
+    from types import SimpleNamespace
+
+    rec = sweep.Recorder(tmp_path / "results.jsonl", 4, 1, tmp_path / "status.json", 0, ["a"])  # a: a failed row
+    rec.start([SimpleNamespace(id="b"), SimpleNamespace(id="c")])
+    rec.fail(["b"])  # an executor gave up on b (e.g. after its retries); c still runs
+    s = read_status(tmp_path)
+    assert (s["state"], s["failed"], s["running"], s["done"], s["remaining"]) == ("running", ["a", "b"], ["c"], 1, 1)
