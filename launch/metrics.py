@@ -79,7 +79,8 @@ class WandbRun:
         run_id = hashlib.sha1(str(workdir).encode()).hexdigest()[:16]
         return cls(wandb.init(
             project=w.project, entity=w.entity or None, mode=w.mode, group=group, name=workdir.name, id=run_id,
-            dir=os.environ.get("WANDB_DIR") or str(workdir), config=json.loads((workdir / "config.json").read_text()), resume="allow", reinit="create_new",
+            dir=os.environ.get("WANDB_DIR") or str(workdir), config=json.loads((workdir / "config.json").read_text()),
+            resume="allow", reinit="create_new",
         ))
 
     def log(self, row: dict) -> None:

@@ -120,7 +120,8 @@ class RunRecord:
                 return row["rewind_data_offset"] <= data_offset
             return row.get("step", 0) <= step
 
-        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep, wandb=self.wandb)
+        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep,
+                                        wandb=self.wandb)
 
     def write(self, step: int, metrics: dict) -> None:
         self.writer.write(step, metrics)

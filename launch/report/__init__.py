@@ -43,7 +43,8 @@ from launch.report.common import capped, metric_series, run_config, trial_loss
 from launch.report.lr_curves import Group, lr_sensitivity, read_sensitivity_csv, seed_verdicts, sensitivity_table
 from launch.report import buckets, common, compare, curves, html, lr_curves, seeds as seeds_lib
 
-__all__ = ["write_report", "write_comparison", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss", "Group",
+__all__ = ["write_report", "write_comparison", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss",
+           "Group",
            "sensitivity_table", "seed_verdicts", "read_sensitivity_csv"]
 
 

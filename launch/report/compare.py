@@ -76,7 +76,8 @@ def load_sweeps(paths: Sequence[Path], given_labels: Sequence[str]) -> list[Swee
     sweeps = []
     for path, label, cfg in zip(paths, labels, cfgs):
         rows = records.read_results(path / "results.jsonl")
-        sweeps.append(Sweep(path, label, cfg, rows, lr_curves.sensitivity_table(rows, common.read_sweep_definition(path))))
+        groups = lr_curves.sensitivity_table(rows, common.read_sweep_definition(path))
+        sweeps.append(Sweep(path, label, cfg, rows, groups))
     return sweeps
 
 
@@ -111,8 +112,9 @@ def comparison_rows(sweeps: Sequence[Sweep]) -> list[dict]:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as f:
-        f.write("# LR sensitivity per sweep x group (Wortsman et al. 2023 §2; see the single-sweep lr_sensitivity.csv\n"
-                "# for its definition). d_lr_sensitivity, d_best_loss: minus the first sweep's value for the same group.\n")
+        f.write("# LR sensitivity per sweep x group (Wortsman et al. 2023 §2; see the single-sweep\n"
+                "# lr_sensitivity.csv for its definition). d_lr_sensitivity, d_best_loss: this value minus the\n"
+                "# first sweep's for the same group.\n")
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in rows:
@@ -134,9 +136,9 @@ def summary_markdown(sweeps: Sequence[Sweep], rows: list[dict], figures: Sequenc
            f"same group of the first sweep (`{sweeps[0].label}`, the baseline).\n"]
     out += [f"![{Path(f).stem}]({f})\n" for f in figures]
     out.append("## Sweeps\n")
-    out.append(common.md_table(["label", "directory", "trials", "diverged"],
-                               [[s.label, f"`{s.path}`", str(len(s.rows)), str(sum(bool(r["diverged"]) for r in s.rows))]
-                                for s in sweeps]))
+    out.append(common.md_table(
+        ["label", "directory", "trials", "diverged"],
+        [[s.label, f"`{s.path}`", str(len(s.rows)), str(sum(bool(r["diverged"]) for r in s.rows))] for s in sweeps]))
     out.append("\n## Config differences\n")
     out.append(common.md_table(["key", *(s.label for s in sweeps)], [[k, *map(str, v)] for k, v in diffs.items()])
                if diffs else "none: the sweeps' base configs are equal\n")
