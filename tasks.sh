@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README (both idempotent):
 #   bash tasks.sh demo   create .venv (Python 3.12), install proxylab, run the main job (the CPU LR sweep) on the embedded data
-#   bash tasks.sh test   create .venv (Python 3.12), install proxylab + test deps, run the test suite
+#   bash tasks.sh test   create .venv (Python 3.12), install proxylab + test deps (+ Chromium where missing), run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,6 +28,17 @@ setup() {  # $1: pip extras
   .venv/bin/python -m pip install -q -e ".[$1]"
 }
 
+ensure_chromium() {  # the browser test's headless Chromium (tests/launch/report/test_html.py): installed from the OS
+  # packages where it is missing and we are root with apt-get (CI's fresh machine); elsewhere the test skips
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (apt-get) for the browser test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: no chromium and no root apt-get: the browser test will skip" >&2
+  fi
+}
+
 case "${1:-}" in
   demo)
     setup test
@@ -35,7 +46,8 @@ case "${1:-}" in
     exec .venv/bin/python -m launch.report runs/demo_sweep --metric=attn_max_logit/layer_0 --log_y
     ;;
   test)
-    setup "test,tfds"
+    setup "test,tfds,wandb"
+    ensure_chromium
     exec .venv/bin/python -m pytest -q tests
     ;;
   *)

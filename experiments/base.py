@@ -224,6 +224,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.max_members = 0  # (int >= 0) a batched group (trials differing only in optimizer scalars / train.seed) trains as programs
     #                    of at most this many members; 0 = the whole group as one program
 
+    t.wandb = ml_collections.ConfigDict()  # Weights & Biases: one W&B run per trial, grouped by sweep (launch/metrics.py)
+    t.wandb.project = ""  # (str) W&B project; "" = off (JSONL and TensorBoard are always written); needs the [wandb] extra
+    t.wandb.entity = ""  # (str) W&B entity (user or team); "" = your default entity
+    t.wandb.mode = "offline"  # (str: offline | online) offline: written under WANDB_DIR (default: the run directory)
+    #                           for a later `wandb sync`; online: uploaded as the run goes
+
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # (int >= -1, != 0) data-parallel axis size; -1 fills the remaining devices

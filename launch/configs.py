@@ -8,6 +8,7 @@ it into ONE line on stderr and exit status 2, before anything is compiled or wri
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from launch.validate import ConfigError, flatten  # noqa: F401 (the ones every c
 # config.json's record of the code a run was started under (launch/provenance.py), beside the flat config fields.
 PROVENANCE = "provenance"
 # Fields that do not change what a run computes; a rerun may change them without invalidating the run directory.
-COSMETIC_FIELDS = frozenset({"train.progress", "train.compilation_cache"})
+COSMETIC_FIELDS = frozenset(
+    {"train.progress", "train.compilation_cache", "train.wandb.project", "train.wandb.entity", "train.wandb.mode"}
+)
 # Fields in which the members of one compiled group (launch/loop.py) may differ: traced optimizer scalars, the
 # seed (an argument of init and of the data order), and cosmetic fields.
 MEMBER_FIELDS = frozenset({f"optim.{k}" for k in optim.HPARAM_KEYS} | {"train.seed"} | COSMETIC_FIELDS)
@@ -63,6 +66,10 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
 
     validate_lib.check(cfg)
     d = cfg.data
+    t = cfg.train
+    if t.wandb.project:
+        _check(importlib.util.find_spec("wandb") is not None,
+               f"train.wandb.project={t.wandb.project!r} needs wandb: pip install -e '.[wandb]' (or set it to \"\")")
     data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
     _check(
         d.batch_size % (data_ways * fsdp) == 0,

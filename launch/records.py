@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from launch import configs, evaluation, metrics as metrics_lib, step as step_lib
+from launch import configs, evaluation, metrics as metrics_lib, progress, step as step_lib
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -136,6 +136,7 @@ class RunRecord:
         self.threshold = float(step_lib.divergence_threshold(cfg, initial_loss))
         if start == 0 and self.is_main:  # rows of an attempt killed before its first checkpoint are stale
             (self.workdir / "metrics.jsonl").unlink(missing_ok=True)
+        self.wandb = metrics_lib.WandbRun.open(cfg, self.workdir) if self.is_main else None  # train.wandb.project
         self.writer = self._open_writer(start, data_offset)
         if start == 0:
             self.writer.write(0, {"eval_loss": initial_loss})
@@ -152,6 +153,9 @@ class RunRecord:
             self.eval_buckets = {k: last_eval[k] for k in evaluation.BUCKET_METRICS if k in last_eval}
         self.t_start = self.t_window = time.time()
         self.timed_tokens, self.timed_seconds = 0, 0.0
+        show = self.verbose and cfg.train.progress
+        self.progress = progress.Progress(self.total, start) if show else None  # a bar on a terminal, else lines
+        self.peak = progress.device_peak() if show else (None, 1)
 
     def _open_writer(self, step: int, data_offset: int) -> metrics_lib.MetricWriter:
         """The metrics writer of a (re)start at `step`: the rows of later steps, abandoned, are dropped, except the
@@ -163,7 +167,8 @@ class RunRecord:
                 return row["rewind_data_offset"] <= data_offset
             return row.get("step", 0) <= step
 
-        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep)
+        return metrics_lib.MetricWriter(self.workdir, resume_step=step, enabled=self.is_main, keep=keep,
+                                        wandb=self.wandb)
 
     def write(self, step: int, metrics: dict) -> None:
         self.writer.write(step, metrics)
@@ -199,12 +204,10 @@ class RunRecord:
             self.diverged_at = s
         self.last_window = [float(row["ce"]) for _, row in rows]
         self.writer.write(s, {**r, "ce_mean": np.mean(self.last_window), "tokens_per_second": tok_s})
-        if self.verbose and self.cfg.train.progress:
+        if self.progress is not None:
             eta = (self.total - s) * (now - self.t_start) / max(s - self.start, 1)
-            logging.info(
-                "step %7d/%d | loss %8.4f | lr %.2e | %9.1fk tok/s | eta %6.0fs",
-                s, self.total, float(r["loss"]), float(r["lr"]), tok_s / 1e3, eta,
-            )
+            mfu = progress.mfu(tok_s, n_params=self.n_params, n_devices=self.peak[1], peak_flops=self.peak[0])
+            self.progress.update(s, loss=float(r["loss"]), lr=float(r["lr"]), tokens_per_second=tok_s, mfu=mfu, eta=eta)
         if self.diverged_at is not None and self.verbose:
             logging.info("%s: diverged at step %d (loss %.4g non-finite or CE above %.4g)", self.workdir, s,
                          float(r["loss"]), self.threshold)
@@ -240,8 +243,12 @@ class RunRecord:
             **({"rewinds": self.rewinds} if self.cfg.train.rewind.enabled else {}),
         )
         self.writer.close()
+        if self.progress is not None:
+            self.progress.close()
         if self.is_main:
             metrics_lib.write_json_atomic(self.workdir / "summary.json", summary)
+        if self.wandb is not None:
+            self.wandb.finish(summary)
         if self.verbose:
             logging.info(
                 "%s: done: %s; final loss %s, eval loss %s, %.1fs", self.workdir,

@@ -11,6 +11,8 @@ The sweep directory (DESIGN §3):
     DIR/trials/<trial_id>/     one run directory per trial; the id is a slug of its overrides
     DIR/groups/<hash>/         a batched group's checkpoints while it trains (removed when it is done)
     DIR/results.jsonl          one row per finished trial, appended atomically (one line, one write, fsync)
+    DIR/status.json            trials done / running / diverged / failed / remaining and an ETA, rewritten as
+                               trials start and finish (`Recorder`)
     DIR/report/                plots and tables of launch.report, written at the end
 
 Both executors run the one training loop (launch/loop.py). Trials whose configs differ only in
@@ -40,6 +42,7 @@ import importlib.util
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import jax
@@ -142,26 +145,84 @@ def group_trials(trials: list[Trial]) -> list[list[Trial]]:
 
 
 class Recorder:
-    """Appends a finished trial to results.jsonl and prints its line, e.g.
+    """Appends a finished trial to results.jsonl, prints its line and keeps DIR/status.json, e.g.
 
-        [3/14] qk_norm=True lr=0.01 ... eval 3.2100 (12.3s)
+        [3/14] qk_norm=True lr=0.01 ... eval 3.2100 (12.3s) | 3 done (1 diverged), 2 running, 9 left, eta 1m40s
+
+    status.json (rewritten atomically as trials start and finish) counts the trials of this process's shard:
+    `done` (finished, diverged included), `diverged`, `running` (their ids), `failed` (ids whose training raised, or
+    with a `failed` row), `remaining` (neither done nor failed) and `eta_seconds`: the wall time per trial finished
+    by this process so far times the trials remaining (None before the first); `state` is running, finished or
+    failed (the sweep stopped on an error). A shard (`--shard=i/n`) keeps status.shard<i>of<n>.json instead, so
+    shards never overwrite each other. An executor calls `start` when trials begin and `fail` for trials it gives
+    up on; finishing is the call itself.
     """
 
-    def __init__(self, path: Path, n_trials: int, n_done: int):
-        self.path, self.n_trials, self.n_done = path, n_trials, n_done
+    def __init__(self, path: Path, n_trials: int, n_done: int, status_path: Path | None = None, n_diverged: int = 0,
+                 failed: list[str] = ()):
+        """`n_done` of the `n_trials` are finished already, `n_diverged` of them diverged; `failed`: recorded failed."""
+        self.path, self.n_trials, self.n_done, self.n_diverged = path, n_trials, n_done, n_diverged
+        self.status_path = status_path
+        self.running: list[str] = []
+        self.failed: list[str] = list(failed)
+        self.t0, self.n_done_here = time.time(), 0
+        self.write_status("running")
+
+    def status(self, state: str) -> dict:
+        remaining = self.n_trials - self.n_done - len(self.failed)
+        per_trial = (time.time() - self.t0) / self.n_done_here if self.n_done_here else None
+        return dict(
+            state=state, total=self.n_trials, done=self.n_done, diverged=self.n_diverged, running=list(self.running),
+            failed=list(self.failed), remaining=remaining,
+            eta_seconds=None if per_trial is None else per_trial * remaining, updated=time.time(),
+        )
+
+    def write_status(self, state: str = "running") -> None:
+        if self.status_path is not None and jax.process_index() == 0:
+            metrics_lib.write_json_atomic(self.status_path, self.status(state))
+
+    def start(self, trials: list[Trial]) -> None:
+        """`trials` began training (one, or a batched group's members)."""
+        self.running += [t.id for t in trials if t.id not in self.running]
+        self.write_status()
+
+    def fail(self, ids: list[str] | None = None) -> None:
+        """Trials `ids` failed and the sweep goes on; None: every running trial raised and the sweep stops."""
+        gone = list(self.running) if ids is None else list(ids)
+        self.failed += [i for i in gone if i not in self.failed]
+        self.running = [i for i in self.running if i not in gone]
+        self.write_status("failed" if ids is None else "running")
+
+    def line(self) -> str:
+        s = self.status("running")
+        eta = "" if s["eta_seconds"] is None else f", eta {_duration(s['eta_seconds'])}"
+        return (f"{s['done']} done ({s['diverged']} diverged), {len(s['running'])} running, {s['remaining']} left"
+                + eta)
 
     def __call__(self, trial: Trial, summary: dict) -> None:
         if jax.process_index() == 0:
             fields = {k: v for k, v in summary.items() if k != "finished"}
             records.append_result(self.path, {"id": trial.id, "overrides": trial.overrides, **fields})
         self.n_done += 1
+        self.n_done_here += 1
+        self.n_diverged += bool(summary["diverged"])
+        if trial.id in self.running:
+            self.running.remove(trial.id)
+        self.write_status()
         what = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in trial.overrides.items()) or "base"
         if summary["diverged"]:
             outcome = f"DIVERGED at step {summary['diverged_at_step']}"
         else:
             loss = summary["eval_loss"] if summary["eval_loss"] is not None else summary["final_loss"]
             outcome = f"{'eval' if summary['eval_loss'] is not None else 'train'} {loss:.4f}"
-        logging.info("[%d/%d] %s ... %s (%.1fs)", self.n_done, self.n_trials, what, outcome, summary["wall_seconds"])
+        logging.info("[%d/%d] %s ... %s (%.1fs) | %s", self.n_done, self.n_trials, what, outcome,
+                     summary["wall_seconds"], self.line())
+
+
+def _duration(seconds: float) -> str:
+    """`1h02m`, `3m20s`, `45s`."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def trial_dir(workdir: Path, trial: Trial) -> Path:
@@ -181,6 +242,7 @@ def run_local(trials: list[Trial], workdir: Path, record: Recorder) -> None:
         if key not in runtimes:
             runtimes[key] = loop.Runtime(t.cfg)
         rt = runtimes[key]
+        record.start([t])
         record(t, loop.train(t.cfg, trial_dir(workdir, t), rt=rt, verbose=t.cfg.train.progress))
 
 
@@ -202,10 +264,12 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
         todo = [t for t in group if t.id not in finished]
         if not todo:
             continue
+        recovered = set()
         for t in todo:  # finished runs whose results row a kill prevented
             summary = records.finished_summary(trial_dir(workdir, t))
             if summary is not None:
                 record(t, summary)
+                recovered.add(t.id)
         if len(group) == 1 or group[0].cfg.train.rewind.enabled:
             if len(group) > 1:
                 logging.info("group %d/%d: train.rewind restores one run's checkpoint: its %d trials run one at a "
@@ -218,6 +282,7 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
             metrics_lib.write_json_atomic(gdir / "group.json", {"members": [t.id for t in group]})
         logging.info("group %d/%d: %d trials in one batched program", g + 1, len(groups), len(group))
         members = [loop.Member(t.cfg, trial_dir(workdir, t)) for t in group]
+        record.start([t for t in todo if t.id not in recovered])
         loop.train_group(members, loop.Runtime(group[0].cfg), group_dir=gdir,
                          on_done=lambda i, summary: record(group[i], summary))
 
@@ -334,13 +399,21 @@ def run_sweep(
         metrics_lib.write_json_atomic(workdir / "sweep.json", json.loads(json.dumps({"trials": listing}, default=list)))
     results = workdir / "results.jsonl"
     records.drop_torn_tail(results)
-    finished = {r["id"] for r in records.read_results(results)}
+    finished = {r["id"]: r for r in records.read_results(results)}
     todo = [t for t in trials if t.id not in finished]
     n_done = len(trials) - len(todo)
+    failed = [t.id for t in trials if finished.get(t.id, {}).get("failed")]  # rows of trials an executor gave up on
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
     logging.info("%s: %s, %d already finished; executor %s", workdir, what, n_done, executor)
-    # every trial of the shard, not only those left to do: a batched group is always the same group
-    EXECUTORS[executor](trials, workdir, Recorder(results, len(trials), n_done))
+    status = workdir / ("status.json" if not shard else "status.shard{}of{}.json".format(*parse_shard(shard)))
+    n_diverged = sum(bool(finished[t.id].get("diverged")) for t in trials if t.id in finished)
+    record = Recorder(results, len(trials), n_done - len(failed), status, n_diverged, failed)
+    try:  # every trial of the shard, not only those left to do: a batched group is always the same group
+        EXECUTORS[executor](trials, workdir, record)
+    except Exception:
+        record.fail()
+        raise
+    record.write_status("finished")
     if jax.process_index() == 0:
         out = report.write_report(workdir)
         logging.info("report: %s (loss_vs_lr.png, lr_sensitivity.csv)", out / "summary.md")

@@ -1,4 +1,5 @@
-"""`python -m launch.report DIR [--metric=loss] [--log_y] [--seeds]`: plots and tables of a sweep or of one run.
+"""`python -m launch.report DIR [DIR ...] [--out=OUT] [--label=...] [--metric=loss] [--log_y] [--seeds]
+[--format=png|svg|pdf]`: plots and tables of a sweep or of one run, or a comparison of several sweeps.
 
 For a sweep directory (one with results.jsonl; launch.sweep also calls `write_report` at its end), into
 DIR/report/:
@@ -16,13 +17,19 @@ DIR/report/:
     buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets (buckets.py)
     loss_over_tokens.png     with several budgets, schedules, optimizers or an injected spike (curves.py)
     seeds.md, seeds.png      with --seeds: how far apart the seeds are (seeds.py)
+    index.html               all of the above in one static page, with the trial table and links to every trial's
+                             run directory and TensorBoard logdir (html.py)
+
+loss_vs_lr and the metric plot in --format (png, svg or pdf); the other figures are PNG. With several sweep
+directories, a comparison instead (compare.py): one figure, one table with the differences against the first
+sweep, summary.md and index.html, into --out.
 
 Missing trials are those DIR/sweep.json (launch.sweep's list of every trial, all shards) has and results.jsonl
-lacks. For a run directory (metrics.jsonl, summary.json) only the metric plot and summary.md. Plots use
+lacks. For a run directory (metrics.jsonl, summary.json) only the metric plot, summary.md and index.html. Plots use
 matplotlib's Agg backend (no display needed).
 
-Modules: common (rows, runs, plotting and markdown helpers) ← lr_curves ← seeds; common ← buckets, curves; this
-module composes them. No module uses another's underscore names.
+Modules: common (rows, runs, plotting and markdown helpers) ← lr_curves ← seeds, compare; common ← buckets,
+curves; html (the page) on its own; this module composes them. No module uses another's underscore names.
 """
 
 from __future__ import annotations
@@ -33,18 +40,31 @@ from pathlib import Path
 from launch import records
 from launch.report.common import capped, metric_series, run_config, trial_loss
 from launch.report.lr_curves import Group, lr_sensitivity, read_sensitivity_csv, seed_verdicts, sensitivity_table
-from launch.report import buckets, common, curves, lr_curves, seeds as seeds_lib
+from launch.report import buckets, common, compare, curves, html, lr_curves, seeds as seeds_lib
 
-__all__ = ["write_report", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss", "Group",
+__all__ = ["write_report", "write_comparison", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss",
+           "Group",
            "sensitivity_table", "seed_verdicts", "read_sensitivity_csv"]
 
 
 def _plots(out: Path) -> str:
     """Markdown images of every metric-over-steps plot in `out` (several --metric runs accumulate)."""
-    return "\n".join(f"![{p.stem}]({p.name})\n" for p in sorted(out.glob("*_over_steps.png")))
+    return "\n".join(f"![{p.stem}]({p.name})\n" for p in sorted(out.glob("*_over_steps.*"))
+                     if p.suffix[1:] in common.FORMATS)
 
 
-def sweep_summary(workdir: Path, rows: list[dict], groups: list[Group], with_definition: bool) -> str:
+def outcome(row_or_summary: dict) -> str:
+    """`diverged at step 7`, `eval 3.2100`, `train 3.3000` or `unfinished`: a trial's or run's end in words."""
+    if row_or_summary.get("diverged"):
+        return f"diverged at step {row_or_summary.get('diverged_at_step')}"
+    for key, name in (("eval_loss", "eval"), ("final_loss", "train")):
+        if row_or_summary.get(key) is not None:
+            return f"{name} {row_or_summary[key]:.4f}"
+    return "unfinished"
+
+
+def sweep_summary(workdir: Path, rows: list[dict], groups: list[Group], with_definition: bool, out: Path,
+                  fmt: str = "png") -> str:
     diverged = [r for r in rows if r["diverged"]]
     unfinished = sorted(
         {p.name for p in (workdir / "trials").iterdir() if p.is_dir()} - {r["id"] for r in rows}
@@ -57,8 +77,8 @@ def sweep_summary(workdir: Path, rows: list[dict], groups: list[Group], with_def
            + ".\n",
            "LR sensitivity (Wortsman et al. 2023 §2) uses the final **eval** loss, the paper's choice; diverged "
            "trials count as ℓ0, the seed's measured initial eval loss (capped, never dropped).\n",
-           "![final eval loss vs LR](loss_vs_lr.png)\n",
-           _plots(workdir / "report"),
+           f"![final eval loss vs LR](loss_vs_lr.{fmt})\n",
+           _plots(out),
            lr_curves.summary_section(groups, with_definition)]
     out.append("\n## Trials\n")
     out.append(common.md_table(
@@ -71,8 +91,8 @@ def sweep_summary(workdir: Path, rows: list[dict], groups: list[Group], with_def
     return "\n".join(out)
 
 
-def run_summary(run_dir: Path, summary: dict) -> str:
-    out = [f"# Run report: {run_dir.name}\n", _plots(run_dir / "report")]
+def run_summary(run_dir: Path, summary: dict, out_dir: Path) -> str:
+    out = [f"# Run report: {run_dir.name}\n", _plots(out_dir)]
     out.append(common.md_table(["field", "value"], [[k, str(v)] for k, v in sorted(summary.items())]) if summary
                else "no summary.json yet (unfinished run)\n")
     return "\n".join(out)
@@ -95,19 +115,20 @@ def metric_panels(workdir: Path, groups: list[Group], rows: list[dict]) -> dict[
     }
 
 
-def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, seeds: bool = False) -> Path:
-    """Writes DIR/report/ for a sweep directory (results.jsonl) or a run directory (metrics.jsonl); returns it.
-    `seeds`: also seeds.md and seeds.png (sweeps only)."""
+def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, seeds: bool = False,
+                 fmt: str = "png", out: str | Path | None = None) -> Path:
+    """Writes DIR/report/ (or `out`) for a sweep directory (results.jsonl) or a run directory (metrics.jsonl);
+    returns it. `seeds`: also seeds.md and seeds.png (sweeps only); `fmt`: loss_vs_lr's and the metric plot's."""
     path = Path(path)
-    out = path / "report"
-    png = common.metric_filename(metric)
+    out = Path(out) if out else path / "report"
+    png = common.metric_filename(metric, fmt)
     if (path / "results.jsonl").exists():
         rows = records.read_results(path / "results.jsonl")
         definition = common.read_sweep_definition(path)
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         groups = sensitivity_table(rows, definition)
         lr_curves.write_sensitivity_csv(groups, out / "lr_sensitivity.csv", definition is not None)
-        lr_curves.plot_loss_vs_lr(groups, out / "loss_vs_lr.png", path.name)
+        lr_curves.plot_loss_vs_lr(groups, out / f"loss_vs_lr.{fmt}", path.name)
         drawn = common.plot_metric(metric_panels(path, groups, rows), metric, log_y, out / png)
         if seeds:
             seeds_lib.write_seeds_report(groups, out, path.name)
@@ -115,17 +136,48 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
             curves.write_curves_report(path, rows, out)  # schedules, budgets, spikes; "" without them
             + buckets.write_bucket_report(path, rows, out)  # train.freq_buckets plots; "" without them
         )
-        (out / "summary.md").write_text(sweep_summary(path, rows, groups, definition is not None) + sections)
+        summary_md = sweep_summary(path, rows, groups, definition is not None, out, fmt) + sections
+        (out / "summary.md").write_text(summary_md)
+        if seeds:  # the page shows seeds.md too, a level down
+            summary_md += "\n#" + (out / "seeds.md").read_text()
+        trials = [(path.name, r["id"], path / "trials" / r["id"], outcome(r)) for r in rows]
+        html.write_index(out, f"Sweep report: {path.name}", summary_md, trials)
     elif (path / "metrics.jsonl").exists():
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         summary = records.read_summary(path) or {}
         drawn = common.plot_metric({path.name: [(path.name, path, bool(summary.get("diverged")))]}, metric, log_y,
                                    out / png)
-        (out / "summary.md").write_text(run_summary(path, summary))
+        summary_md = run_summary(path, summary, out)
+        (out / "summary.md").write_text(summary_md)
+        html.write_index(out, f"Run report: {path.name}", summary_md, [("", path.name, path, outcome(summary))])
     else:
         raise FileNotFoundError(
             f"{path} is neither a sweep directory (results.jsonl) nor a run directory (metrics.jsonl)"
         )
     if not drawn:
         print(f"warning: no run in {path} logged {metric!r}; no {png}", file=sys.stderr)
+    return out
+
+
+def write_comparison(paths, out: str | Path | None = None, labels=(), metric: str = "loss", log_y: bool = False,
+                     fmt: str = "png") -> Path:
+    """Writes the comparison of the sweep directories `paths` into `out` (compare.py says what); returns `out`.
+    `labels`: a label per sweep ("" or missing: from the config differences)."""
+    paths = [Path(p) for p in paths]
+    out = Path(out) if out else compare.default_out(paths)
+    sweeps = compare.load_sweeps(paths, list(labels))
+    out.mkdir(parents=True, exist_ok=True)
+    lr_curves.plot_loss_vs_lr(compare.tagged_groups(sweeps), out / f"loss_vs_lr.{fmt}", "comparison")
+    png = common.metric_filename(metric, fmt)
+    figures = [f"loss_vs_lr.{fmt}"]
+    if common.plot_metric(compare.metric_panels(sweeps), metric, log_y, out / png):
+        figures.append(png)
+    else:
+        print(f"warning: no trial of {', '.join(map(str, paths))} logged {metric!r}; no {png}", file=sys.stderr)
+    rows = compare.comparison_rows(sweeps)
+    compare.write_csv(rows, out / "lr_sensitivity.csv")
+    summary_md = compare.summary_markdown(sweeps, rows, figures)
+    (out / "summary.md").write_text(summary_md)
+    trials = [(s.label, r["id"], s.path / "trials" / r["id"], outcome(r)) for s in sweeps for r in s.rows]
+    html.write_index(out, f"Comparison: {' vs '.join(s.label for s in sweeps)}", summary_md, trials)
     return out

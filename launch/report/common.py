@@ -125,8 +125,11 @@ def axes_grid(plt, n: int, sharey: bool = False, width: float = 5.0, height: flo
     return fig, list(axes.flat[:n])
 
 
-def metric_filename(metric: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + "_over_steps.png"
+FORMATS = ("png", "svg", "pdf")  # figure formats of --format (matplotlib infers the format from the name)
+
+
+def metric_filename(metric: str, fmt: str = "png") -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + f"_over_steps.{fmt}"
 
 
 def plot_metric(panels: dict[str, list[tuple[str, Path, bool]]], metric: str, log_y: bool, path: Path) -> bool:
