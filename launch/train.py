@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from launch import cli, loop
+from launch import cli, distributed, loop
 
 
 def main(argv) -> None:
@@ -19,4 +19,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    distributed.define_flags()
     cli.run(main, config="file", workdir=True)
