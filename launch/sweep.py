@@ -1,4 +1,4 @@
-"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=local|batched]`.
+"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=local|batched|ray]`.
 
 A study is one experiment file: `get_config(arg)` is the base config (plus any `--config.a.b=v` of the command
 line) and `get_sweep(arg)` lists the trials as dotted-key override dicts (experiments/sweeps.py builds them).
@@ -23,6 +23,9 @@ Both executors run the one training loop (launch/loop.py). Trials whose configs 
            on. The group checkpoints every train.ckpt_every steps; a killed group resumes as the same group from
            its checkpoint, so its numbers equal an uninterrupted sweep's. Rewind needs one member: such trials
            run one at a time.
+
+  ray      each program group as one Ray task (launch/ray_executor.py), on a local Ray instance or a cluster
+           (--ray_address); the driver appends the rows; a failing task is retried, then recorded as failed.
 
 Rerunning the command skips the trials in results.jsonl; a kill loses only the trials in flight.
 
@@ -219,7 +222,14 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
                          on_done=lambda i, summary: record(group[i], summary))
 
 
-EXECUTORS = {"local": run_local, "batched": run_batched}
+def run_ray(trials: list[Trial], workdir: Path, record: Recorder, **options) -> None:
+    """Each program group as one Ray task (launch/ray_executor.py); `options`: its address, retries, resources."""
+    from launch import ray_executor
+
+    ray_executor.run(trials, workdir, record, **options)
+
+
+EXECUTORS = {"local": run_local, "batched": run_batched, "ray": run_ray}
 
 
 # ---- the sweep ----------------------------------------------------------------------------------------------------
@@ -246,10 +256,11 @@ def shard_trials(trials: list[Trial], index: int, count: int) -> list[Trial]:
 
 
 def run_sweep(
-    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "local", shard: str = ""
+    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "local", shard: str = "",
+    executor_options: dict | None = None,
 ):
     """Runs the trials of `sweep` (of shard `shard`, "i/n") not yet in `workdir/results.jsonl`, writes the report
-    of everything finished so far; returns all result rows."""
+    of everything finished so far; returns all result rows. `executor_options` go to the executor (ray's)."""
     workdir = Path(workdir)
     if executor not in EXECUTORS:
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
@@ -267,7 +278,7 @@ def run_sweep(
     what = f"{len(trials)} trials" + (f" (shard {shard} of {len(sweep)})" if shard else "")
     logging.info("%s: %s, %d already finished; executor %s", workdir, what, n_done, executor)
     # every trial of the shard, not only those left to do: a batched group is always the same group
-    EXECUTORS[executor](trials, workdir, Recorder(results, len(trials), n_done))
+    EXECUTORS[executor](trials, workdir, Recorder(results, len(trials), n_done), **(executor_options or {}))
     if jax.process_index() == 0:
         out = report.write_report(workdir)
         logging.info("report: %s (loss_vs_lr.png, lr_sensitivity.csv)", out / "summary.md")
@@ -278,13 +289,21 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
+    from launch import ray_executor
+
     sweep = load_sweep(flags.FLAGS["config"].config_filename)
-    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard)
+    options = ray_executor.options_from_flags() if flags.FLAGS.executor == "ray" else None
+    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard, options)
 
 
 if __name__ == "__main__":
     from absl import flags
 
-    flags.DEFINE_enum("executor", "local", list(EXECUTORS), "local: trials one after another; batched: vmapped groups")
+    from launch import distributed, ray_executor
+
+    flags.DEFINE_enum("executor", "local", list(EXECUTORS),
+                      "local: trials one after another; batched: vmapped groups; ray: one Ray task per group")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
+    ray_executor.define_flags()
+    distributed.define_flags()
     cli.run(main, config="file", workdir=True)

@@ -2,8 +2,10 @@
 
 Each process runs the same `launch.train` / `launch.sweep` command with the explicit coordinator flags. The
 numbers are compared with a single process that has all 8 devices and the same mesh: the same program, with the
-cross-process all-reduces done by gloo instead of in-process, so only float32 reduction order may differ
-(tolerance rtol 1e-5 on losses and parameters; a wrong row slice or a missing reduction is off by far more).
+cross-process all-reduces done by gloo instead of in-process, so only float32 reduction order may differ. The
+tolerance is test_mesh_devices.py's (rtol 2e-4, atol 2e-5 on losses and parameters; Adam carries ~1e-7 relative
+reduction differences into the parameters at lr scale; a wrong row slice, a missing reduction or a resume from a
+wrong step or data position is off by far more). Measured: ~2e-5 relative on the final loss.
 These are the slowest tests of the suite (a process start-up and a compile per process and launch).
 """
 
@@ -92,12 +94,14 @@ def test_two_processes_fsdp_killed_and_resumed_equal_one_process(tmp_path):
     log = (tmp_path / "resumed0.log").read_text()
     assert "resuming from step" in log
     got, want = (json.loads((d / "summary.json").read_text()) for d in (work, tmp_path / "single"))
-    assert got["final_loss"] == pytest.approx(want["final_loss"], rel=1e-5)
-    steps = [r["step"] for r in metrics_lib.read_jsonl(work / "metrics.jsonl") if "loss" in r]
-    assert steps == sorted(set(steps)) and steps[-1] == 30, "metrics rows missing or written twice"
+    assert got["final_loss"] == pytest.approx(want["final_loss"], rel=2e-4)
+    rows = {d: [r for r in metrics_lib.read_jsonl(tmp_path / d / "metrics.jsonl") if "loss" in r] for d in ("multi", "single")}
+    assert [r["step"] for r in rows["multi"]] == [r["step"] for r in rows["single"]] == list(range(5, 31, 5)), \
+        "metrics rows missing or written twice"
+    np.testing.assert_allclose([r["loss"] for r in rows["multi"]], [r["loss"] for r in rows["single"]], rtol=2e-4)
     (s1, p1), (s2, p2) = params_of(work), params_of(tmp_path / "single")
     assert s1 == s2 == 30
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p2)
 
 
 STUDY = """
@@ -131,7 +135,7 @@ def test_batched_group_members_span_both_processes(tmp_path):
     assert "2 trials in one batched program" in (tmp_path / "two0.log").read_text()
     for tid, row in rows["two"].items():
         for k in ("initial_loss", "final_loss", "eval_loss"):
-            assert row[k] == pytest.approx(rows["one"][tid][k], rel=1e-5), (tid, k)
+            assert row[k] == pytest.approx(rows["one"][tid][k], rel=2e-4), (tid, k)
 
 
 def test_processes_that_disagree_about_the_config_stop_with_one_line(tmp_path):
