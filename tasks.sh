@@ -35,7 +35,7 @@ case "${1:-}" in
     exec .venv/bin/python -m launch.report runs/demo_sweep --metric=attn_max_logit/layer_0 --log_y
     ;;
   test)
-    setup "test,tfds"
+    setup "test,tfds,ray"
     exec .venv/bin/python -m pytest -q tests
     ;;
   *)

@@ -5,7 +5,10 @@ numbers are compared with a single process that has all 8 devices and the same m
 cross-process all-reduces done by gloo instead of in-process, so only float32 reduction order may differ. The
 tolerance is test_mesh_devices.py's (rtol 2e-4, atol 2e-5 on losses and parameters; Adam carries ~1e-7 relative
 reduction differences into the parameters at lr scale; a wrong row slice, a missing reduction or a resume from a
-wrong step or data position is off by far more). Measured: ~2e-5 relative on the final loss.
+wrong step or data position is off by far more). Adam's eps is raised to 1e-4: with eps ~ 0 Adam is sign descent
+on near-zero gradients, so a last-bit difference in such a gradient flips that update by 2·lr (we measured 2e-3
+parameter differences after 30 steps at eps 1e-8); with eps 1e-4 the update is smooth in the gradient and the
+comparison measures the distribution, not Adam's sensitivity.
 These are the slowest tests of the suite (a process start-up and a compile per process and launch).
 """
 
@@ -30,7 +33,7 @@ from launch import configs, metrics as metrics_lib, records
 RUN = [
     "--config=experiments/base.py:tiny", "--config.data.source=synthetic", "--config.train.steps=30",
     "--config.train.ckpt_every=10", "--config.train.log_every=5", "--config.train.eval_every=0",
-    "--config.model.d_model=32", "--config.data.seq_len=32",
+    "--config.model.d_model=32", "--config.data.seq_len=32", "--config.optim.eps=1e-4",
 ]
 FSDP = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]  # fsdp over the 8 devices of both processes
 
