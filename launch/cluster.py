@@ -47,7 +47,8 @@ def tpu_script() -> str:
     repo = FLAGS.repo or "proxylab"  # relative to the home directory ssh starts in
     ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", FLAGS.name, f"--zone={FLAGS.zone}"]
     if not FLAGS.ray:
-        remote = f"cd {shlex.quote(repo)} && PROXYLAB_DISTRIBUTED=1 {_line(proxylab_command(FLAGS.run, FLAGS.executor))}"
+        command = _line(proxylab_command(FLAGS.run, FLAGS.executor))
+        remote = f"cd {shlex.quote(repo)} && PROXYLAB_DISTRIBUTED=1 {command}"
         return "\n".join([
             "#!/bin/bash",
             f"# {FLAGS.name}: the same command on every host of the slice, one JAX process per host",

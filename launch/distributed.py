@@ -36,7 +36,7 @@ _CODE = ("launch", "models", "optim", "experiments")  # the packages whose sourc
 def define_flags() -> None:
     """The explicit coordinator flags of a command that trains (launch.train, launch.sweep)."""
     flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 in a multi-process run (explicit set-up)")
-    flags.DEFINE_integer("num_processes", None, "number of processes of a multi-process run (with --coordinator_address)")
+    flags.DEFINE_integer("num_processes", None, "number of processes of a multi-process run (with the address)")
     flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes) (with --coordinator_address)")
 
 
@@ -60,7 +60,9 @@ def initialize() -> None:
         if fl.num_processes is None or fl.process_id is None:
             raise configs.ConfigError("--coordinator_address needs --num_processes and --process_id too")
         if not 0 <= fl.process_id < fl.num_processes:
-            raise configs.ConfigError(f"--process_id={fl.process_id} must be in [0, --num_processes={fl.num_processes})")
+            raise configs.ConfigError(
+                f"--process_id={fl.process_id} must be in [0, --num_processes={fl.num_processes})"
+            )
         jax.distributed.initialize(fl.coordinator_address, fl.num_processes, fl.process_id)
     elif detected() is not None:
         jax.distributed.initialize()
@@ -92,7 +94,8 @@ def check_agreement(cfg) -> None:
 
     mine = np.stack([_digest(json.dumps(configs.flatten(cfg), sort_keys=True, default=str)), _digest(code_version())])
     table = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 2, 32]
-    for row, what, fix in ((0, "config", "pass the same --config and overrides"), (1, "code", "check out the same commit")):
+    fixes = ((0, "config", "pass the same --config and overrides"), (1, "code", "check out the same commit"))
+    for row, what, fix in fixes:
         differ = [p for p in range(table.shape[0]) if not np.array_equal(table[p, row], table[0, row])]
         if differ:
             raise configs.ConfigError(

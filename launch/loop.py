@@ -34,7 +34,8 @@ import numpy as np
 from absl import logging
 
 import optim
-from launch import checkpoint, configs, data, distributed, evaluation, mesh as mesh_lib, metrics as metrics_lib, records, rewind
+from launch import checkpoint, configs, data, distributed, evaluation, mesh as mesh_lib, metrics as metrics_lib
+from launch import records, rewind
 from launch import step as step_lib
 from models import transformer
 

@@ -33,7 +33,8 @@ DEFAULT_RETRIES = 2  # attempts after the first one for a failing group task
 
 def define_flags() -> None:
     flags.DEFINE_string("ray_address", None, "--executor=ray: address of a running Ray cluster (default: a local one)")
-    flags.DEFINE_integer("ray_retries", DEFAULT_RETRIES, "--executor=ray: retries of a failing group task", lower_bound=0)
+    flags.DEFINE_integer("ray_retries", DEFAULT_RETRIES, "--executor=ray: retries of a failing group task",
+                         lower_bound=0)
     flags.DEFINE_float("ray_gpus", 0, "--executor=ray: GPUs per group task", lower_bound=0)
     flags.DEFINE_float("ray_tpus", 0, "--executor=ray: TPU chips per group task (the TPU resource)", lower_bound=0)
 
@@ -59,6 +60,7 @@ def train_group(payload: list[tuple[str, dict, dict]], workdir: str, results: st
     `--executor=batched` does; returns [(trial id, summary)] of the trials it finished."""
     from launch import sweep
 
+    logging.set_verbosity(logging.INFO)  # the loop's progress and resume lines, forwarded to the driver by Ray
     trials = [sweep.Trial(tid, overrides, configs.unflatten(flat)) for tid, overrides, flat in payload]
     collect = _Collect(Path(results))
     sweep.run_batched(trials, Path(workdir), collect)
@@ -90,7 +92,7 @@ def run(trials, workdir: Path, record, *, address: str | None = None, retries: i
     ray = _import_ray(local=not address)
     by_id = {t.id: t for t in trials}
     # the dashboard off; a private instance gets the machine's CPUs / GPUs (num_cpus etc. left to Ray)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=address, include_dashboard=False)
     try:
         remote = ray.remote(task).options(
             num_cpus=1, num_gpus=gpus, resources={"TPU": tpus} if tpus else None,

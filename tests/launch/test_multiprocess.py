@@ -2,13 +2,13 @@
 
 Each process runs the same `launch.train` / `launch.sweep` command with the explicit coordinator flags. The
 numbers are compared with a single process that has all 8 devices and the same mesh: the same program, with the
-cross-process all-reduces done by gloo instead of in-process, so only float32 reduction order may differ. The
-tolerance is test_mesh_devices.py's (rtol 2e-4, atol 2e-5 on losses and parameters; Adam carries ~1e-7 relative
-reduction differences into the parameters at lr scale; a wrong row slice, a missing reduction or a resume from a
-wrong step or data position is off by far more). Adam's eps is raised to 1e-4: with eps ~ 0 Adam is sign descent
-on near-zero gradients, so a last-bit difference in such a gradient flips that update by 2·lr (we measured 2e-3
-parameter differences after 30 steps at eps 1e-8); with eps 1e-4 the update is smooth in the gradient and the
-comparison measures the distribution, not Adam's sensitivity.
+cross-process all-reduces done by gloo instead of in-process, so only float32 reduction order may differ, and
+Adam (sign-like on small gradients) turns last-bit gradient differences into parameter differences of up to a
+couple of lr-sized steps on single entries (rare tokens' embedding rows, whose gradients are mostly zero, move the most). Measured
+here, with or without the kill: 1.5e-5 relative on the final loss, parameter leaves 5.5e-3 apart in relative norm
+(lr 1e-2, 30 steps). Tolerances: the whole loss curve within rtol 2e-4, each parameter leaf within 2e-2 relative
+norm; the resume itself is bitwise on one process (test_loop.py). A wrong row slice, a missing reduction, or a
+resume from the wrong step or data position moves the loss curve by ~1e-2 or more.
 These are the slowest tests of the suite (a process start-up and a compile per process and launch).
 """
 
@@ -33,7 +33,7 @@ from launch import configs, metrics as metrics_lib, records
 RUN = [
     "--config=experiments/base.py:tiny", "--config.data.source=synthetic", "--config.train.steps=30",
     "--config.train.ckpt_every=10", "--config.train.log_every=5", "--config.train.eval_every=0",
-    "--config.model.d_model=32", "--config.data.seq_len=32", "--config.optim.eps=1e-4",
+    "--config.model.d_model=32", "--config.data.seq_len=32",
 ]
 FSDP = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]  # fsdp over the 8 devices of both processes
 
@@ -104,7 +104,8 @@ def test_two_processes_fsdp_killed_and_resumed_equal_one_process(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in rows["multi"]], [r["loss"] for r in rows["single"]], rtol=2e-4)
     (s1, p1), (s2, p2) = params_of(work), params_of(tmp_path / "single")
     assert s1 == s2 == 30
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p2)
+    gaps = jax.tree.map(lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b)), p1, p2)
+    assert max(jax.tree.leaves(gaps)) < 2e-2, gaps
 
 
 STUDY = """

@@ -103,7 +103,7 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     rerun = run_module("launch.sweep", *args, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "2 already finished" in rerun.stderr
-    assert re.search(r"groups/\w+: resuming from step [1-9]", rerun.stderr), rerun.stderr[-3000:]
+    assert re.search(r"groups/\w+: resuming from step [1-9]", rerun.stdout + rerun.stderr), rerun.stderr[-3000:]
     ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
     trials = sweep.load_sweep(str(study))
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)  # every trial exactly once
