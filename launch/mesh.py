@@ -11,6 +11,10 @@ mesh axes:
     heads, mlp, vocab -> tensor        Megatron-style tensor parallelism
     head_dim, layers -> replicated
 
+Leaves without logical axes (FP8 scales and amax histories, sigma-reparam estimates, step counters and other
+scalars) are replicated; optimizer moments take the specs of their parameters (launch/step.py). Activations carry
+no constraints: they follow the batch's `batch` sharding and the parameters' through XLA's sharding propagation.
+
 A logical axis whose size does not divide its mesh axes is replicated instead (tiny models on many devices), and a
 mesh axis of size 1 is left out of the specs. The member axis of a group of M members takes the `members` rule's
 axes greedily while their product divides M, so by default (mesh.data = -1) the members of a small proxy sweep go
