@@ -116,8 +116,10 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     assert got.keys() == want.keys()
     for tid, row in got.items():
         assert set(row) == set(want[tid]), tid
-        for k in ("initial_loss", "final_loss", "eval_loss"):  # vmapped group vs one run: float32 order only
-            assert row[k] == pytest.approx(want[tid][k], rel=1e-5), (tid, k)
+        # a Ray task trains the group vmapped, the local executor one run at a time: float32 order only; measured
+        # 2e-5 relative on the 60-step trials at lr 1e-2 (a wrong member, batch or resume is off by ~1e-2)
+        for k in ("initial_loss", "final_loss", "eval_loss"):
+            assert row[k] == pytest.approx(want[tid][k], rel=1e-4), (tid, k)
 
 
 FLAKY = r"""
