@@ -44,7 +44,7 @@ def options_from_flags() -> dict:
     return dict(address=fl.ray_address, retries=fl.ray_retries, gpus=fl.ray_gpus, tpus=fl.ray_tpus)
 
 
-class _Collect:
+class Collect:
     """The `record` of a task: run_batched's summaries kept for the driver; `path` is the sweep's results.jsonl,
     which the task only reads (trials already recorded are skipped)."""
 
@@ -53,18 +53,6 @@ class _Collect:
 
     def __call__(self, trial, summary: dict) -> None:
         self.rows.append((trial.id, summary))
-
-
-def train_group(payload: list[tuple[str, dict, dict]], workdir: str, results: str) -> list[tuple[str, dict]]:
-    """The body of a group task: rebuilds the group's trials from (id, overrides, flat config) and trains them as
-    `--executor=batched` does; returns [(trial id, summary)] of the trials it finished."""
-    from launch import sweep
-
-    logging.set_verbosity(logging.INFO)  # the loop's progress and resume lines, forwarded to the driver by Ray
-    trials = [sweep.Trial(tid, overrides, configs.unflatten(flat)) for tid, overrides, flat in payload]
-    collect = _Collect(Path(results))
-    sweep.run_batched(trials, Path(workdir), collect)
-    return collect.rows
 
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -83,14 +71,13 @@ def _import_ray(local: bool):
     return ray
 
 
-def run(trials, workdir: Path, record, *, address: str | None = None, retries: int = DEFAULT_RETRIES,
-        gpus: float = 0, tpus: float = 0, task=train_group) -> None:
-    """Runs every program group of `trials` with unfinished trials as one Ray task; `record` (the sweep's
-    Recorder) appends each returned summary. `task` is the group function the workers run (tests inject faults)."""
-    from launch import sweep
-
+def run(groups, workdir: Path, record, task, trial_dir, *, address: str | None = None,
+        retries: int = DEFAULT_RETRIES, gpus: float = 0, tpus: float = 0) -> None:
+    """Runs every program group (a list of sweep Trials) with unfinished trials as one Ray task `task(payload,
+    workdir, results)` (`sweep.ray_group_task`; tests inject faults); `record` (the sweep's Recorder) appends each
+    returned summary; `trial_dir(trial)` is a trial's run directory."""
     ray = _import_ray(local=not address)
-    by_id = {t.id: t for t in trials}
+    by_id = {t.id: t for group in groups for t in group}
     # the dashboard off; a private instance gets the machine's CPUs / GPUs (num_cpus etc. left to Ray)
     ray.init(address=address, include_dashboard=False)
     try:
@@ -100,7 +87,7 @@ def run(trials, workdir: Path, record, *, address: str | None = None, retries: i
         )
         finished = {r["id"] for r in records.read_results(record.path)}
         pending = {}
-        for group in sweep.group_trials(trials):
+        for group in groups:
             if all(t.id in finished for t in group):
                 continue
             payload = [(t.id, t.overrides, configs.flatten(t.cfg)) for t in group]
@@ -112,7 +99,7 @@ def run(trials, workdir: Path, record, *, address: str | None = None, retries: i
             try:
                 rows = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - the task failed its last attempt: record, go on
-                _record_failed(group, workdir, record, e, retries)
+                _record_failed(group, trial_dir, record, e, retries)
                 continue
             for tid, summary in rows:
                 record(by_id[tid], summary)
@@ -120,17 +107,15 @@ def run(trials, workdir: Path, record, *, address: str | None = None, retries: i
         ray.shutdown()
 
 
-def _record_failed(group, workdir: Path, record, error: Exception, retries: int) -> None:
+def _record_failed(group, trial_dir, record, error: Exception, retries: int) -> None:
     """Rows for the trials of a failed group: a finished run's own summary, else `failed: true` with the error."""
-    from launch import sweep
-
     cause = getattr(error, "cause", None) or error
     message = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [""])[0]}"
     finished = {r["id"] for r in records.read_results(record.path)}
     for t in group:
         if t.id in finished:
             continue
-        summary = records.finished_summary(sweep.trial_dir(workdir, t))
+        summary = records.finished_summary(trial_dir(t))
         if summary is not None:
             record(t, summary)
             continue

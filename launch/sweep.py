@@ -222,11 +222,23 @@ def run_batched(trials: list[Trial], workdir: Path, record: Recorder) -> None:
                          on_done=lambda i, summary: record(group[i], summary))
 
 
-def run_ray(trials: list[Trial], workdir: Path, record: Recorder, **options) -> None:
+def ray_group_task(payload: list[tuple[str, dict, dict]], workdir: str, results: str) -> list[tuple[str, dict]]:
+    """The body of a Ray group task: rebuilds the group's trials from (id, overrides, flat config), trains them as
+    `--executor=batched` does and returns [(trial id, summary)]; the driver records them (launch/ray_executor.py)."""
+    from launch import ray_executor
+
+    logging.set_verbosity(logging.INFO)  # the loop's progress and resume lines, forwarded to the driver by Ray
+    trials = [Trial(tid, overrides, configs.unflatten(flat)) for tid, overrides, flat in payload]
+    collect = ray_executor.Collect(Path(results))
+    run_batched(trials, Path(workdir), collect)
+    return collect.rows
+
+
+def run_ray(trials: list[Trial], workdir: Path, record: Recorder, task=ray_group_task, **options) -> None:
     """Each program group as one Ray task (launch/ray_executor.py); `options`: its address, retries, resources."""
     from launch import ray_executor
 
-    ray_executor.run(trials, workdir, record, **options)
+    ray_executor.run(group_trials(trials), workdir, record, task, lambda t: trial_dir(workdir, t), **options)
 
 
 EXECUTORS = {"local": run_local, "batched": run_batched, "ray": run_ray}

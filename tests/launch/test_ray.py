@@ -126,7 +126,7 @@ FLAKY = r"""
 import sys
 from pathlib import Path
 from absl import logging
-from launch import ray_executor, sweep
+from launch import sweep
 
 def flaky(payload, workdir, results):
     # counts its attempts per group; the long group always fails, the short one fails on its first attempt only
@@ -137,7 +137,7 @@ def flaky(payload, workdir, results):
     (marks / f"{ids[0]}.{n}").touch()
     if "steps=60" in ids[0] or n == 0:
         raise RuntimeError(f"injected failure of {ids[0]} (attempt {n + 1})")
-    return ray_executor.train_group(payload, workdir, results)
+    return sweep.ray_group_task(payload, workdir, results)
 
 import study
 
