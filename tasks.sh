@@ -46,7 +46,7 @@ case "${1:-}" in
     exec .venv/bin/python -m launch.report runs/demo_sweep --metric=attn_max_logit/layer_0 --log_y
     ;;
   test)
-    setup "test,tfds,wandb"
+    setup "test,tfds,wandb,ray"
     ensure_chromium
     exec .venv/bin/python -m pytest -q tests
     ;;

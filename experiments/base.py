@@ -232,9 +232,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # (int >= -1, != 0) data-parallel axis size; -1 fills the remaining devices
-    c.mesh.fsdp = 1  # (int >= 1) parameter/optimizer-state sharding axis (batch is split over it too)
-    c.mesh.tensor = 1  # (int >= 1) tensor-parallel axis (heads, MLP hidden, vocab)
+    c.mesh.data = -1  # (int >= -1; -1 = fill) data-parallel axis: members of a group first, else batch rows
+    c.mesh.fsdp = 1  # (int >= -1; -1 = fill) parameter/optimizer-state sharding axis (batch is split over it too)
+    c.mesh.tensor = 1  # (int >= -1; -1 = fill) tensor-parallel axis (heads, MLP hidden, vocab)
+    c.mesh.members = 1  # (int >= -1; -1 = fill) device groups that hold whole members of a batched group
 
     # ---- optim (optim helper, issue 10): the WSD-S decay length per budget ------------------------------------------
     o.wsd.decay_of = "cycle"  # (str: registry optim.schedules.DECAY_OF) wsd_s: a fractional wsd.decay is of each cycle (Levanter) | budget: of the step B_k it ends at (= a WSD run of B_k)

@@ -25,7 +25,7 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-from launch import configs, mesh as mesh_lib, validate
+from launch import configs, distributed, mesh as mesh_lib, validate
 
 FLAGS = flags.FLAGS
 
@@ -170,8 +170,8 @@ def run(
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(_OwnInfoOnly())
         mesh_lib.configure_xla_flags()
-        mesh_lib.maybe_initialize_distributed()
         try:
+            distributed.initialize()
             main(argv)
         except (*configs.USER_ERRORS, FileNotFoundError) as e:
             fail(str(e))

@@ -70,10 +70,12 @@ def validate(cfg, n_devices: int, n_processes: int = 1) -> None:
     if t.wandb.project:
         _check(importlib.util.find_spec("wandb") is not None,
                f"train.wandb.project={t.wandb.project!r} needs wandb: pip install -e '.[wandb]' (or set it to \"\")")
-    data_ways, fsdp, _ = mesh_lib.mesh_shape(cfg.mesh, n_devices)
+
+    shape = mesh_lib.mesh_shape(cfg.mesh, n_devices)
+    ways = shape["members"] * shape["data"] * shape["fsdp"]
     _check(
-        d.batch_size % (data_ways * fsdp) == 0,
-        f"data.batch_size={d.batch_size} is not divisible by the batch mesh axes data*fsdp={data_ways * fsdp}",
+        d.batch_size % ways == 0,
+        f"data.batch_size={d.batch_size} is not divisible by the batch mesh axes members*data*fsdp={ways}",
     )
     _check(d.batch_size % n_processes == 0, f"data.batch_size={d.batch_size} is not divisible by {n_processes} processes")
     try:  # variant combinations, checked by building the abstract model and the optimizer

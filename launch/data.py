@@ -99,13 +99,16 @@ class TokenSource:
 
     def batch(self, step: int, split: str = "train") -> np.ndarray:
         """int32[batch_size // process_count, seq_len + 1]: this process's rows of the global batch of `step`."""
+        lo = self.process_index * self.local_batch_size
+        return self.rows(step, split, lo, lo + self.local_batch_size)
+
+    def rows(self, step: int, split: str, lo: int, hi: int) -> np.ndarray:
+        """int32[hi - lo, seq_len + 1]: rows lo..hi of the global batch of `step` (only those are gathered)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         tokens = self.streams[split]
         rng = np.random.default_rng((self.seed, SPLITS[split], step))
-        starts_b = rng.integers(0, len(tokens) - self.seq_len, size=self.batch_size)
-        lo = self.process_index * self.local_batch_size
-        starts = starts_b[lo:lo + self.local_batch_size]
+        starts = rng.integers(0, len(tokens) - self.seq_len, size=self.batch_size)[lo:hi]
         return tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
 
     def token_counts(self) -> np.ndarray:

@@ -34,7 +34,8 @@ import numpy as np
 from absl import logging
 
 import optim
-from launch import checkpoint, configs, corpus, data, evaluation, faults, mesh as mesh_lib, metrics as metrics_lib
+from launch import checkpoint, configs, corpus, data, distributed, evaluation, faults, mesh as mesh_lib
+from launch import metrics as metrics_lib
 from launch import records, rewind
 from launch import step as step_lib
 from models import transformer
@@ -88,15 +89,27 @@ class Runtime:
 
 
 class GroupData:
-    """The batches of a group: one stream when the members share `train.seed`, else one per member, stacked."""
+    """The batches of a group: one stream when the members share `train.seed`, else one per member, stacked.
+
+    A batch is placed as the group's `batch_sharding`; each process reads only the rows (and members) of its own
+    devices' blocks (`data.TokenSource.rows`), so no process ever holds a whole global batch."""
 
     def __init__(self, rt: Runtime, seeds: list[int]):
-        self.mesh, self.shared = rt.mesh, len(set(seeds)) == 1
+        self.shared = len(set(seeds)) == 1
         self.sources = [rt.source.with_seed(seeds[0])] if self.shared else [rt.source.with_seed(s) for s in seeds]
+        self.sharding = rt.group(len(seeds), self.shared).batch_sharding
+        src = self.sources[0]
+        self.shape = (src.batch_size, src.seq_len + 1) if self.shared else (len(seeds), src.batch_size, src.seq_len + 1)
 
     def _batch(self, step: int, split: str) -> jax.Array:
-        rows = [s.batch(step, split) for s in self.sources]
-        return mesh_lib.global_batch(self.mesh, rows[0] if self.shared else np.stack(rows), member_axis=not self.shared)
+        def fetch(index):
+            lo, hi, _ = index[-2].indices(self.shape[-2])
+            if self.shared:
+                return self.sources[0].rows(step, split, lo, hi)[:, index[-1]]
+            members = range(len(self.sources))[index[0]]
+            return np.stack([self.sources[i].rows(step, split, lo, hi) for i in members])[..., index[-1]]
+
+        return mesh_lib.assemble(self.sharding, self.shape, fetch)
 
     def train_batch(self, step: int) -> jax.Array:
         return self._batch(step, "train")
@@ -215,6 +228,7 @@ def train_group(
     optimizers §3(a)). With train.freq_buckets, each eval adds the `evaluation.BUCKET_METRICS`.
     """
     refuse(members, start_from)
+    distributed.check_agreement(members[0].cfg)
     cfg, m, is_main = members[0].cfg, len(members), jax.process_index() == 0
     cfgs = [mem.cfg for mem in members]
     for mem in members:
@@ -240,7 +254,7 @@ def train_group(
             store.save(0, states)
     else:
         logging.info("%s: resuming from step %d", members[0].workdir if m == 1 else group_dir, start)
-    host = jax.device_get({k: states[k] for k in ("initial_loss", "data_offset", "alive")})
+    host = mesh_lib.to_host({k: states[k] for k in ("initial_loss", "data_offset", "alive")})
     n_params = transformer.count_params(rt.prog.abstract_state()["params"])
     total = int(cfg.train.steps)
     single_verbose = verbose and m == 1

@@ -79,8 +79,8 @@ def _kernel(m, backend: str) -> tuple[str, bool]:
 def estimate(cfg, members: int = 1, backend: str = "gpu", n_devices: int = 1) -> tuple[dict[str, int], int]:
     """(breakdown in bytes, total = the largest of the train step, eval step and diagnose) on one device."""
     m, t = cfg.model, cfg.train
-    data, fsdp, tensor = mesh_lib.mesh_shape(cfg.mesh, n_devices)
-    batch_ways, state_ways = data * fsdp, fsdp * tensor
+    shape = mesh_lib.mesh_shape(cfg.mesh, n_devices)
+    batch_ways, state_ways = shape["members"] * shape["data"] * shape["fsdp"], shape["fsdp"] * shape["tensor"]
     B, T = cfg.data.batch_size // batch_ways, cfg.data.seq_len
     head_dim, d_ff = dims(m)
     d, H, V, L = m.d_model, m.n_heads, m.vocab_size, m.n_layers

@@ -1,15 +1,27 @@
-"""Device mesh, logical-axis sharding rules and multi-host start-up.
+"""Device mesh and logical-axis sharding rules.
 
-The mesh has three axes, ("data", "fsdp", "tensor"), sized by `config.mesh` (-1 fills the remaining devices).
-Parameters carry logical axis names (models/layers.py); `RULES` maps each name to a mesh axis:
+The mesh has four axes, ("members", "data", "fsdp", "tensor"), sized by `config.mesh` (-1 fills the remaining
+devices). Arrays carry logical axis names (parameters and FP8 scales: models/layers.py, models/fp8.py; optimizer
+state: the names of the parameter it belongs to; batches and activations: `batch`); `RULES` maps each name to
+mesh axes:
 
-    batch    -> (data, fsdp)   the batch is split over every data-like axis
-    embed    -> fsdp           parameters and optimizer state are sharded over fsdp (ZeRO-3 style)
-    heads, mlp, vocab -> tensor  Megatron-style tensor parallelism
-    head_dim -> replicated
+    members  -> (members, data)        the member axis of a batched group's stacked state (launch/step.py)
+    batch    -> (members, data, fsdp)  a batch is split over every data-like axis its group's members leave free
+    embed    -> fsdp                   parameters and optimizer state are sharded over fsdp (ZeRO-3 style)
+    heads, mlp, vocab -> tensor        Megatron-style tensor parallelism
+    head_dim, layers -> replicated
 
-A logical axis whose size does not divide its mesh axis is replicated instead (tiny models on many devices).
-Default `mesh.data=-1, fsdp=1, tensor=1`: plain data parallelism.
+Leaves without logical axes (FP8 scales and amax histories, sigma-reparam estimates, step counters and other
+scalars) are replicated; optimizer moments take the specs of their parameters (launch/step.py). Activations carry
+no constraints: they follow the batch's `batch` sharding and the parameters' through XLA's sharding propagation.
+
+A logical axis whose size does not divide its mesh axes is replicated instead (tiny models on many devices), and a
+mesh axis of size 1 is left out of the specs. The member axis of a group of M members takes the `members` rule's
+axes greedily while their product divides M, so by default (mesh.data = -1) the members of a small proxy sweep go
+over the devices first, one or more whole members per device, each with its batch unsplit; a run (M = 1) splits
+its batch over every data-like axis instead. For a model too big for a device, set mesh.fsdp / mesh.tensor (within
+a member) and mesh.members (how many groups of devices hold members): e.g. members=4, fsdp=2 on 8 devices. The
+mesh spans every device of every process (`jax.devices()`), so a member axis may too.
 """
 
 from __future__ import annotations
@@ -22,15 +34,17 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("members", "data", "fsdp", "tensor")
 
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+    "members": ("members", "data"),
+    "batch": ("members", "data", "fsdp"),
     "embed": "fsdp",
     "heads": "tensor",
     "mlp": "tensor",
     "vocab": "tensor",
     "head_dim": None,
+    "layers": None,
 }
 
 
@@ -52,20 +66,11 @@ class MeshError(ValueError):
     """A mesh that cannot be built from the config and the visible devices."""
 
 
-def maybe_initialize_distributed() -> None:
-    """Join a multi-process job when the launcher says so (JAX_COORDINATOR_ADDRESS or a TPU pod / SLURM env).
-
-    Single-process runs (the default) start nothing and open no port.
-    """
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("PROXYLAB_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-
-
-def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
-    """Resolves -1 entries of (data, fsdp, tensor) so that the product is `n_devices`."""
-    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
+    """{axis: size} of `AXES`, with the one -1 entry resolved so that the product is `n_devices`."""
+    sizes = [int(mesh_cfg[a]) for a in AXES]
     if sizes.count(-1) > 1:
-        raise MeshError(f"mesh: at most one of data/fsdp/tensor may be -1, got {dict(zip(AXES, sizes))}")
+        raise MeshError(f"mesh: at most one of {'/'.join(AXES)} may be -1, got {dict(zip(AXES, sizes))}")
     if any(s == 0 or s < -1 for s in sizes):
         raise MeshError(f"mesh: sizes must be positive or -1, got {dict(zip(AXES, sizes))}")
     fixed = math.prod(s for s in sizes if s != -1)
@@ -74,14 +79,15 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
             raise MeshError(f"mesh: {n_devices} devices are not divisible by the fixed axes {dict(zip(AXES, sizes))}")
         sizes[sizes.index(-1)] = n_devices // fixed
     if math.prod(sizes) != n_devices:
-        raise MeshError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but {n_devices} devices are visible")
-    return tuple(sizes)
+        raise MeshError(f"mesh: {'*'.join(AXES)} = {math.prod(sizes)} but {n_devices} devices are visible")
+    return dict(zip(AXES, sizes))
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """The mesh of `config.mesh` over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(mesh_cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), AXES)
+    return Mesh(np.asarray(devices).reshape([shape[a] for a in AXES]), AXES)
 
 
 def _mesh_axes_size(mesh: Mesh, axes) -> int:
@@ -89,18 +95,44 @@ def _mesh_axes_size(mesh: Mesh, axes) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def _fit(target, size: int, mesh: Mesh, used: set) -> tuple[str, ...]:
+    """The mesh axes of `target` (a RULES value) of size > 1 not in `used`, taken in order while their product
+    divides `size`."""
+    flat = (target,) if isinstance(target, str) else (target or ())
+    out: list[str] = []
+    for a in flat:
+        if mesh.shape[a] > 1 and a not in used and size % (math.prod(mesh.shape[b] for b in out) * mesh.shape[a]) == 0:
+            out.append(a)
+    return tuple(out)
+
+
+def _entry(axes: tuple[str, ...]):
+    return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
 def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
-    """PartitionSpec of an array with logical `axes`; axes that do not divide evenly stay replicated."""
-    out, used = [], set()
+    """PartitionSpec of an array with logical `axes`: each dimension takes its rule's mesh axes that divide it and
+    that no earlier dimension took; the rest stays replicated."""
+    out, taken = [], set()
     for name, size in zip(axes, shape):
-        target = RULES.get(name) if name else None
-        flat = (target,) if isinstance(target, str) else (target or ())
-        if target is None or used & set(flat) or size % _mesh_axes_size(mesh, target):
-            out.append(None)
-            continue
-        used |= set(flat)
-        out.append(target)
+        fit = _fit(RULES.get(name) if name else None, size, mesh, taken)
+        taken |= set(fit)
+        out.append(_entry(fit))
     return P(*out)
+
+
+def member_axes(mesh: Mesh, m: int) -> tuple[str, ...]:
+    """The mesh axes the member axis of a group of `m` members is split over (RULES["members"])."""
+    return _fit(RULES["members"], m, mesh, set()) if m > 1 else ()
+
+
+def group_specs(mesh: Mesh, m: int, shared_batch: bool) -> tuple[P, P]:
+    """(spec of a [m, ...] member array, spec of the group's batch): [B, S] when the members share their data,
+    else [m, B, S]. The batch takes the `batch` axes the members leave free (every member needs its whole batch);
+    the batch size is a multiple of all of them (configs.validate), so no divisibility test is needed."""
+    members = member_axes(mesh, m)
+    rows = _entry(tuple(a for a in RULES["batch"] if a not in members and mesh.shape[a] > 1))
+    return P(_entry(members)), P(rows) if shared_batch else P(_entry(members), rows)
 
 
 def state_specs(state: nnx.State, mesh: Mesh):
@@ -118,11 +150,27 @@ def named(mesh: Mesh, specs):
 
 
 def batch_spec() -> P:
+    """Spec of a run's batch [B, S] (a group of one, or a single model outside a group)."""
     return P(RULES["batch"])
 
 
-def global_batch(mesh: Mesh, local_rows: np.ndarray, member_axis: bool = False) -> jax.Array:
-    """Assembles this process's rows of a batch into one global array sharded over the batch axes; with
-    `member_axis`, rows are [M, B_local, S] (one batch per member of a seed group) and the member axis stays whole."""
-    spec = P(None, *batch_spec()) if member_axis else batch_spec()
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local_rows)
+def global_batch(mesh: Mesh, local_rows: np.ndarray) -> jax.Array:
+    """A run's [B, S] batch, sharded over the batch axes, from this process's contiguous rows of it
+    (`data.TokenSource.batch`)."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, batch_spec()), local_rows)
+
+
+def assemble(sharding: NamedSharding, shape: tuple[int, ...], fetch) -> jax.Array:
+    """The global array of `shape` placed as `sharding`, each process computing only its own devices' blocks:
+    `fetch(index)` returns the numpy block of the tuple of slices `index`. A group's batch is built this way, since
+    its rows and members may be split over processes in any pattern (`group_specs`)."""
+    return jax.make_array_from_callback(shape, sharding, lambda index: fetch(tuple(index)))
+
+
+def to_host(tree):
+    """numpy copies of a tree of arrays, gathered from every process where a leaf is split over several."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

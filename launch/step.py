@@ -281,11 +281,10 @@ def _over_members(fn, m: int, in_axes):
 def compile_group(prog: Program, m: int, shared_batch: bool = True) -> Group:
     """jits `prog`'s functions over `m` members with explicit shardings; the train step donates the state."""
     mesh = prog.mesh
-    ways = mesh.shape["data"]
-    axis = "data" if m > 1 and ways > 1 and m % ways == 0 else None
-    states = jax.tree.map(lambda s: NamedSharding(mesh, P(axis, *s.spec)), prog.state_shardings)
-    member = NamedSharding(mesh, P(axis))
-    batch = NamedSharding(mesh, mesh_lib.batch_spec() if shared_batch else P(None, *mesh_lib.batch_spec()))
+    member_spec, batch_spec = mesh_lib.group_specs(mesh, m, shared_batch)  # the member axis over RULES["members"]
+    states = jax.tree.map(lambda s: NamedSharding(mesh, P(*member_spec, *s.spec)), prog.state_shardings)
+    member = NamedSharding(mesh, member_spec)
+    batch = NamedSharding(mesh, batch_spec)
     replicated = NamedSharding(mesh, P())
     b_ax = None if shared_batch else 0
 
@@ -308,14 +307,20 @@ def compile_group(prog: Program, m: int, shared_batch: bool = True) -> Group:
         member_sharding=member,
         batch_sharding=batch,
         init=jax.jit(_over_members(prog.init, m, (0,)), in_shardings=member, out_shardings=states),
-        step=jax.jit(step, in_shardings=(states, batch, member), out_shardings=(states, member), donate_argnums=(0,)),
-        evaluate=jax.jit(_over_members(prog.eval_step, m, (0, b_ax)), in_shardings=(states, batch), out_shardings=member),
+        # what the host reads (metrics, eval losses, diagnostics: a few scalars per member) comes back replicated,
+        # so every process can read it whichever processes hold the members
+        step=jax.jit(step, in_shardings=(states, batch, member), out_shardings=(states, replicated), donate_argnums=(0,)),
+        evaluate=jax.jit(
+            _over_members(prog.eval_step, m, (0, b_ax)), in_shardings=(states, batch), out_shardings=replicated
+        ),
         eval_buckets=jax.jit(
             _over_members(prog.eval_buckets, m, (0, b_ax, None)),
             in_shardings=(states, batch, replicated),
-            out_shardings=(member, member),
+            out_shardings=(replicated, replicated),
         ),
-        diagnose=jax.jit(_over_members(prog.diagnose, m, (0, b_ax, 0)), in_shardings=(states, batch, member)),
+        diagnose=jax.jit(
+            _over_members(prog.diagnose, m, (0, b_ax, 0)), in_shardings=(states, batch, member), out_shardings=replicated
+        ),
         set_initial_loss=jax.jit(
             lambda s, x: dict(s, initial_loss=x), in_shardings=(states, member), out_shardings=states, donate_argnums=(0,)
         ),

@@ -1,4 +1,4 @@
-"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=auto|local|batched]`.
+"""`python -m launch.sweep --config=experiments/<study>.py:<preset> --workdir=DIR [--executor=auto|local|batched|ray]`.
 
 A study is one experiment file: `get_config(arg)` is the base config (plus any `--config.a.b=v` of the command
 line) and `get_sweep(arg)` lists the trials as dotted-key override dicts (experiments/sweeps.py builds them).
@@ -27,6 +27,9 @@ Both executors run the one training loop (launch/loop.py). Trials whose configs 
            run one at a time.
   auto     (the default) each program group by the one of the two that measured faster for its platform, model
            size and member count (`auto_executor`, which holds the measurements); it logs which and why.
+
+  ray      each program group as one Ray task (launch/ray_executor.py), on a local Ray instance or a cluster
+           (--ray_address); the driver appends the rows; a failing task is retried, then recorded as failed.
 
 Rerunning the command skips the trials in results.jsonl; a kill loses only the trials in flight.
 
@@ -356,7 +359,26 @@ def run_auto(trials: list[Trial], workdir: Path, record: Recorder) -> None:
         run_batched(picked["batched"], workdir, record)
 
 
-EXECUTORS = {"auto": run_auto, "local": run_local, "batched": run_batched}
+def ray_group_task(payload: list[tuple[str, dict, dict]], workdir: str, results: str) -> list[tuple[str, dict]]:
+    """The body of a Ray group task: rebuilds the group's trials from (id, overrides, flat config), trains them as
+    `--executor=batched` does and returns [(trial id, summary)]; the driver records them (launch/ray_executor.py)."""
+    from launch import ray_executor
+
+    logging.set_verbosity(logging.INFO)  # the loop's progress and resume lines, forwarded to the driver by Ray
+    trials = [Trial(tid, overrides, configs.unflatten(flat)) for tid, overrides, flat in payload]
+    collect = ray_executor.Collect(Path(results))
+    run_batched(trials, Path(workdir), collect)
+    return collect.rows
+
+
+def run_ray(trials: list[Trial], workdir: Path, record: Recorder, task=ray_group_task, **options) -> None:
+    """Each program group as one Ray task (launch/ray_executor.py); `options`: its address, retries, resources."""
+    from launch import ray_executor
+
+    ray_executor.run(group_trials(trials), workdir, record, task, lambda t: trial_dir(workdir, t), **options)
+
+
+EXECUTORS = {"auto": run_auto, "local": run_local, "batched": run_batched, "ray": run_ray}
 
 
 # ---- the sweep ----------------------------------------------------------------------------------------------------
@@ -383,10 +405,11 @@ def shard_trials(trials: list[Trial], index: int, count: int) -> list[Trial]:
 
 
 def run_sweep(
-    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "auto", shard: str = ""
+    base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "auto", shard: str = "",
+    executor_options: dict | None = None,
 ):
     """Runs the trials of `sweep` (of shard `shard`, "i/n") not yet in `workdir/results.jsonl`, writes the report
-    of everything finished so far; returns all result rows."""
+    of everything finished so far; returns all result rows. `executor_options` go to the executor (ray's)."""
     workdir = Path(workdir)
     if executor not in EXECUTORS:
         raise configs.ConfigError(f"--executor={executor!r} is unknown; choose one of {', '.join(EXECUTORS)}")
@@ -409,7 +432,7 @@ def run_sweep(
     n_diverged = sum(bool(finished[t.id].get("diverged")) for t in trials if t.id in finished)
     record = Recorder(results, len(trials), n_done - len(failed), status, n_diverged, failed)
     try:  # every trial of the shard, not only those left to do: a batched group is always the same group
-        EXECUTORS[executor](trials, workdir, record)
+        EXECUTORS[executor](trials, workdir, record, **(executor_options or {}))
     except Exception:
         record.fail()
         raise
@@ -424,21 +447,28 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
+    from launch import ray_executor
+
     sweep = load_sweep(flags.FLAGS["config"].config_filename)
     if flags.FLAGS.dry_run:  # every trial validated, the plan printed; nothing compiled or written
         groups = group_trials(shard_trials(make_trials(flags.FLAGS.config, sweep), *parse_shard(flags.FLAGS.shard)))
         print(plan.describe([[(t.id, t.cfg) for t in g] for g in groups], batched=flags.FLAGS.executor == "batched",
                             tokens_per_second=flags.FLAGS.tokens_per_second))
         return
-    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard)
+    options = ray_executor.options_from_flags() if flags.FLAGS.executor == "ray" else None
+    run_sweep(flags.FLAGS.config, sweep, flags.FLAGS.workdir, flags.FLAGS.executor, flags.FLAGS.shard, options)
 
 
 if __name__ == "__main__":
     from absl import flags
 
+    from launch import distributed, ray_executor
+
     flags.DEFINE_enum("executor", "auto", list(EXECUTORS),
                       "auto: per program group, what was measured faster (sweep.auto_executor); local: trials one "
-                      "after another; batched: vmapped groups")
+                      "after another; batched: vmapped groups; ray: one Ray task per group")
     flags.DEFINE_string("shard", "", "i/n: run only every n-th program group from group i (one process per GPU)")
     plan.define_flags()
+    ray_executor.define_flags()
+    distributed.define_flags()
     cli.run(main, config="file", workdir=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 from absl import flags
 
-from launch import cli, configs, loop, plan
+from launch import cli, configs, distributed, loop, plan
 
 
 def main(argv) -> None:
@@ -27,4 +27,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     plan.define_flags()
+    distributed.define_flags()
     cli.run(main, config="file", workdir=True)

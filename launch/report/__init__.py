@@ -123,7 +123,8 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
     out = Path(out) if out else path / "report"
     png = common.metric_filename(metric, fmt)
     if (path / "results.jsonl").exists():
-        rows = records.read_results(path / "results.jsonl")
+        # a trial whose task failed (launch.sweep --executor=ray) has no numbers: reported like a missing one
+        rows = [r for r in records.read_results(path / "results.jsonl") if not r.get("failed")]
         definition = common.read_sweep_definition(path)
         out.mkdir(parents=True, exist_ok=True)
         groups = sensitivity_table(rows, definition)
