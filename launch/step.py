@@ -101,8 +101,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     tx0 = optim.make_optimizer(cfg.optim, total_steps)
     abs_opt = jax.eval_shape(tx0.init, nnx.to_pure_dict(abs_params))
     replicated = NamedSharding(mesh, P())
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # a leaf another part of optax.partition owns (optim.muon)
     opt_shardings = optax.tree_map_params(
-        tx0, lambda _, s: s, abs_opt, param_shardings, transform_non_params=lambda _: replicated
+        tx0, lambda x, s: x if masked(x) else s, abs_opt, param_shardings, transform_non_params=lambda _: replicated,
+        is_leaf=masked,
     )
     rewind = cfg.train.rewind.enabled
     detector = spike_detector(cfg.train.rewind) if rewind else None
