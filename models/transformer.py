@@ -67,8 +67,11 @@ class Transformer(nnx.Module):
         x_BxTxD = self.embed(tokens_BxT)
         return x_BxTxD if self.embed_scale is None else self.embed_scale(x_BxTxD)
 
-    def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
-        """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
+    def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False, head_gate=None) -> tuple[jax.Array, dict]:
+        """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set.
+
+        `head_gate(logits, logits of the detached hidden states) -> logits` (optim.agg's AGG) reshapes the head's
+        weight gradient; None (the default) leaves the model op for op."""
         x_BxTxD = self.embed_tokens(tokens_BxT)
         diag = {}
         for i, block in enumerate(self.blocks):
@@ -82,6 +85,11 @@ class Transformer(nnx.Module):
             logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
         else:
             logits_BxTxV = self.head(x_BxTxD)
+        if head_gate is not None:  # the same head on sg(h): AGG gates only the head weights' gradient
+            x_sg = jax.lax.stop_gradient(x_BxTxD)
+            logits_BxTxV = head_gate(
+                logits_BxTxV, self.embed.attend(x_sg, self.logits_dtype) if self.head is None else self.head(x_sg)
+            )
         return logits_BxTxV, diag
 
 
