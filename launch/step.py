@@ -148,7 +148,9 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
 
     def gradients(state, batch_BxS, hparams):
         gate = agg_lib.head_gate(state["agg"], batch_BxS[:, 1:], o.agg_alpha, o.agg_window) if agg else None
-        (loss, (aux, _, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False, gate)
+        (loss, (aux, _, new_rest)), (grads, rest_grads) = grad_fn(
+            state["params"], state["rest"], batch_BxS, False, gate
+        )
         new_rest = fp8.apply_meta_grads(new_rest, rest_grads)
         if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss on that batch
             batch_num = state["step"] + state["data_offset"] + 1
@@ -216,6 +218,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
         out.update(probes.sigma_reparam_metrics(model))
         out.update(fp8.metrics(model))
         out.update(mlp.swiglu_alignment_metrics(model))
+        out.update(probes.spectral_alignment_metrics(model, batch_BxS[:rows, :-1]))  # own forward, so last
         out.update(probes.per_tensor_rms(state["params"], "param_rms"))
         out.update(probes.per_tensor_rms(grads, "grad_rms"))
         out.update(probes.per_tensor_rms(updates, "update_rms"))
