@@ -192,6 +192,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.progress = True  # print a progress line (step, loss, tokens/s) every log_every steps
     t.freq_buckets = 0  # > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
     #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off
+    t.undertrained_tokens = 0  # (int >= 0) at the end of a run, summary.json's undertrained_tokens lists this many
+    #                            tokens whose unembedding rows look untrained, with their training-stream counts
+    #                            (Land & Bartolo 2024; launch/undertrained.py); 0 = off
     t.spike_at_step = 0  # testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
     #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
     #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
