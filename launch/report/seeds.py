@@ -4,8 +4,8 @@ Into DIR/report/:
 
     seeds.png   per group, against the LR (log x): the spread (max − min) over seeds of the final eval loss as LR
                 sensitivity sees it (capped at ℓ0, a diverged seed at ℓ0), a panel per model size
-    seeds.md    per group: every seed's capped loss at every LR with mean, spread and sample std (ddof = 1), the
-                outlier seeds at that LR (`seed_outliers`), and every seed's LR sensitivity; a table of each seed's
+    seeds.md    per group: every seed's capped loss at every LR with mean, spread and sample std (ddof = 1), an
+                outlier seed's cell marked ⚠ (`seed_outliers`), and every seed's LR sensitivity; a table of each seed's
                 largest per-step loss z-score
 
 Seed outliers (PolyPythias, van der Wal et al. 2025; spec optimizers §9(b) [inferred]): at every logged step where
@@ -100,27 +100,28 @@ def plot_seed_spread(groups: Sequence[lr_curves.Group], path: Path, title: str):
 
 
 def seeds_markdown(groups: Sequence[lr_curves.Group], title: str, outliers: dict | None = None) -> str:
-    """seeds.md; `outliers`: {group label: `seed_outliers`} (no outlier column or z table without it)."""
+    """seeds.md; `outliers`: {group label: `seed_outliers`}: an outlier seed's cell gets ⚠, and a z table."""
     out = [f"# Seed spread: {title}\n",
            "Final eval loss capped at ℓ0 (a diverged seed at ℓ0, `x`), per seed and LR; spread = max − min over "
-           "seeds, std = sample std (ddof = 1).\n", "![seed spread](seeds.png)\n"]
+           "seeds, std = sample std (ddof = 1); ⚠ = an outlier seed by its per-step training-loss z-score "
+           f"(|z| > {OUTLIER_Z:g} on >= {OUTLIER_RUN} consecutive logged steps; PolyPythias).\n",
+           "![seed spread](seeds.png)\n"]
     multi = [g for g in groups if len(g.seeds) > 1]
     for g in multi:
         y_SxL, (mean_L, _, _), (spread_L, std_L) = g.capped_SxL, g.over_seeds(), spread_over_seeds(g)
 
-        def cell(i, j):
-            return "missing" if not g.present_SxL[i, j] else common.fmt(y_SxL[i, j]) + (
-                " x" if g.diverged_SxL[i, j] else "")
-
         z = (outliers or {}).get(g.label, {})
-        flagged = lambda lr: ", ".join(f"⚠ seed {s}" for s, (_, _, o) in z.get(lr, {}).items() if o) or "none"
-        extra = ["outlier seeds"] if outliers is not None else []
+
+        def cell(i, j):
+            outlier = z.get(g.lrs[j], {}).get(g.seeds[i], (0, 0, False))[2]
+            return "missing" if not g.present_SxL[i, j] else common.fmt(y_SxL[i, j]) + (
+                " x" if g.diverged_SxL[i, j] else "") + (" ⚠" if outlier else "")
+
         out.append(f"\n## {g.label}\n")
         out.append(common.md_table(
-            ["lr", *(f"seed {s}" for s in g.seeds), "mean", "spread", "std", *extra],
+            ["lr", *(f"seed {s}" for s in g.seeds), "mean", "spread", "std"],
             [[f"{lr:g}", *(cell(i, j) for i in range(len(g.seeds))), common.fmt(mean_L[j]),
-              common.fmt(spread_L[j]), common.fmt(std_L[j]), *([flagged(lr)] if extra else [])]
-             for j, lr in enumerate(g.lrs)]))
+              common.fmt(spread_L[j]), common.fmt(std_L[j])] for j, lr in enumerate(g.lrs)]))
         if z:
             out.append(f"\nPer-step training-loss z-score across seeds: max |z| (longest run of |z| > {OUTLIER_Z:g}, "
                        f"an outlier from {OUTLIER_RUN} steps on)\n")
