@@ -15,7 +15,8 @@ DIR/report/:
                              trials
     buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets (buckets.py)
     loss_over_tokens.png     with several budgets, schedules, optimizers or an injected spike (curves.py)
-    seeds.md, seeds.png      with --seeds: how far apart the seeds are (seeds.py)
+    seeds.md, seeds.png      with --seeds: how far apart the seeds are, outlier seeds marked (seeds.py)
+    early_warning.csv        with diverged trials: lead time vs false alarms of each logged signal (early_warning.py)
 
 Missing trials are those DIR/sweep.json (launch.sweep's list of every trial, all shards) has and results.jsonl
 lacks. For a run directory (metrics.jsonl, summary.json) only the metric plot and summary.md. Plots use
@@ -34,7 +35,7 @@ from pathlib import Path
 from launch import records
 from launch.report.common import capped, metric_series, run_config, trial_loss
 from launch.report.lr_curves import Group, lr_sensitivity, read_sensitivity_csv, seed_verdicts, sensitivity_table
-from launch.report import buckets, common, curves, lr_curves, seeds as seeds_lib
+from launch.report import buckets, common, curves, early_warning, lr_curves, seeds as seeds_lib
 
 __all__ = ["write_report", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss", "Group",
            "sensitivity_table", "seed_verdicts", "read_sensitivity_csv"]
@@ -115,6 +116,7 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
         sections = (
             curves.write_curves_report(path, rows, out)  # schedules, budgets, spikes; "" without them
             + buckets.write_bucket_report(path, rows, out)  # train.freq_buckets plots; "" without them
+            + early_warning.write_early_warning_report(path, rows, out)  # "" without diverged trials
         )
         (out / "summary.md").write_text(sweep_summary(path, rows, groups, definition is not None) + sections)
     elif (path / "metrics.jsonl").exists():
