@@ -16,7 +16,8 @@ from launch import configs, deviation
 def test_one_ulp_and_parameter_difference():
     x = {"a": jnp.asarray([1.0, -2.0, 0.0], jnp.float32), "b": jnp.asarray([[3.0]], jnp.float32)}
     moved = deviation.one_ulp(x)
-    np.testing.assert_array_equal(np.asarray(moved["a"]), np.nextafter(np.float32([1.0, -2.0, 0.0]), np.float32(np.inf)))
+    expected = np.nextafter(np.float32([1.0, -2.0, 0.0]), np.float32(np.inf))
+    np.testing.assert_array_equal(np.asarray(moved["a"]), expected)
     rng = np.random.default_rng(0)
     a = {"w": rng.normal(size=(4, 3)), "v": rng.normal(size=5)}
     b = {"w": a["w"] + rng.normal(size=(4, 3)) * 0.1, "v": a["v"][::-1].copy()}  # a permutation: W1 = 0

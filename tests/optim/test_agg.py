@@ -90,3 +90,24 @@ def test_tiny_agg_run_learns_and_logs_counters_and_buckets(tiny_config, runtime,
     train_rows = [r for r in rows if "agg_rare" in r]  # the synthetic language: ~2 targets per type per step
     assert train_rows and all(0 < r["agg_rare"] < 512 and 0 < r["agg_rare_gate"] < 1 for r in train_rows)
     assert any("eval_loss_rank_bucket" in r or "eval_loss_rank_bucket/0" in r for r in rows)
+
+
+def test_off_by_default_and_free_when_off():
+    """With optim.agg off (and optim.name adamw) the lowered train step does not depend on the AGG or Muon fields
+    and the train state holds no counts; turning AGG on changes the program."""
+    from experiments import base
+    from launch import configs, mesh as mesh_lib, step as step_lib
+
+    def lowered(**overrides):
+        cfg = configs.apply_overrides(base.get_config("tiny"), overrides)
+        prog = step_lib.build_program(cfg, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+        state = prog.abstract_state()
+        batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
+        return "agg" in state, jax.jit(prog.train_step).lower(state, batch, step_lib.hparams_array(cfg)).as_text()
+
+    has_counts, baseline = lowered()
+    assert not base.get_config("tiny").optim.agg and not has_counts
+    assert lowered(**{"optim.agg_alpha": 0.5, "optim.agg_window": 7, "optim.muon.rms_scale": 0.0,
+                      "optim.muon.beta": 0.5}) == (False, baseline)
+    with_agg = lowered(**{"optim.agg": True})
+    assert with_agg[0] and with_agg[1] != baseline
