@@ -21,6 +21,11 @@ global batch (every data-parallel shard; the official code counts GPU 0's only),
 int32[K+1, V] in the train state (`AggState`, checkpointed, so resume is exact). [D] no special tokens are forced to
 gate 1 (our tokenizers have none among the targets). The transform itself is the identity on gradients: the gate
 acts in the loss; its `update(..., targets=)` commits a step's counts, and the state reports its counters.
+
+The head runs twice in the traced forward (on h and on sg(h)): a head with state of its own (σReparam's vector with
+`model.sigma_reparam_head`, an FP8 head's amax history) advances it twice per step. The gate must act on the head's
+raw output, before any logit transform (e.g. a final-logit soft-cap), so that G multiplies the cotangent of the
+head's matmul alone.
 """
 
 from __future__ import annotations
