@@ -146,7 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.muon.adam_lr_ratio = 1.0  # (float > 0) the Adam part's (embed, head, vectors) LR as a multiple of optim.lr
 
     o.agg = False  # (bool) AGG, adaptive gradient gating of rare-token rows of the output embedding (Yu et al. 2022;
-    #                spec optimizers §7; optim/agg.py); needs tie_embeddings or an untied head (either works)
+    #                spec optimizers §7; optim/agg.py): the head's weight gradient, tied or untied
     o.agg_alpha = 0.03  # (float in (0, 1]) AGG: a token is rare while its mean appearances per step (as a target) < alpha
     #                     (paper LM: 0.03; MT 0.08)
     o.agg_window = 100  # (int >= 1) AGG: steps of target counts averaged (paper: one epoch of updates) [D]
