@@ -162,6 +162,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.spam.reset_warmup = 150  # (int >= 0) cosine warmup of the update after each reset (W < reset_interval); not warmup_steps
     o.spam.no_clip_steps = 20  # (int >= 0) no spike clipping in the first N updates and the N updates from each reset on
 
+    o.muon = ml_collections.ConfigDict()  # optim.name = muon (optim/muon.py): Muon on block matrices, Adam elsewhere
+    o.muon.beta = 0.95  # (float in [0, 1)) Muon's Nesterov momentum on the block matrices (b1/b2/eps: the Adam part)
+    o.muon.ns_steps = 5  # (int >= 1) Newton–Schulz iterations of the orthogonalisation (Jordan et al. 2024)
+    o.muon.rms_scale = 0.2  # (float >= 0) update x rms_scale·sqrt(max(fan_in, fan_out)): AdamW's RMS, so optim.lr is on
+    #                         AdamW's scale (Liu et al. 2025); 0: Jordan's sqrt(max(1, fan_out/fan_in)) (lr ~0.02)
+    o.muon.adam_lr_ratio = 1.0  # (float > 0) the Adam part's (embed, head, vectors) LR as a multiple of optim.lr
+
+    o.agg = False  # (bool) AGG, adaptive gradient gating of rare-token rows of the output embedding (Yu et al. 2022;
+    #                spec optimizers §7; optim/agg.py): the head's weight gradient, tied or untied
+    o.agg_alpha = 0.03  # (float in (0, 1]) AGG: a token is rare while its mean appearances per step (as a target) < alpha
+    #                     (paper LM: 0.03; MT 0.08)
+    o.agg_window = 100  # (int >= 1) AGG: steps of target counts averaged (paper: one epoch of updates) [D]
+
     o.skip_step = ml_collections.ConfigDict()  # skip updates on loss / grad-norm spikes (spec optimizers §10)
     o.skip_step.enabled = False  # (bool) wrap the optimizer in optim.skip_step (update then needs loss=CE without z-loss)
     o.skip_step.window = 128  # (int >= 2) history length of losses and pre-clip grad norms
@@ -203,7 +216,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.progress = True  # (bool) print a progress line (step, loss, tokens/s) every log_every steps
     t.freq_buckets = 0  # (int >= 0) > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
     #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off
-    t.spike_at_step = 0  # (int >= 0) testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
+    t.spike_at_step = 0  # testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
+    t.undertrained_tokens = 0  # (int >= 0) at the end of a run, summary.json's undertrained_tokens lists this many
     #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
     #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
     t.spike_scale = 1000.0  # (float > 0) the factor of spike_at_step

@@ -38,6 +38,7 @@ from launch import checkpoint, configs, corpus, data, distributed, evaluation, f
 from launch import metrics as metrics_lib
 from launch import records, rewind
 from launch import step as step_lib
+from launch import undertrained
 from models import transformer
 
 
@@ -282,10 +283,10 @@ def train_group(
     n_buckets = cfg.train.freq_buckets
     table = evaluation.frequency_buckets(gdata.token_counts(), n_buckets) if n_buckets else None
 
-    def done(i: int) -> None:
+    def done(i: int, extra: dict | None = None) -> None:
         live[i] = False
         faults.maybe_fail("summary")
-        summaries[i] = recs[i].finish()
+        summaries[i] = recs[i].finish(extra)
         if on_done is not None:
             on_done(i, summaries[i])
 
@@ -349,7 +350,13 @@ def train_group(
     for i in np.flatnonzero(live):  # finished members: the final state in their own run directory, then the summary
         if m > 1:
             save_member(cfgs[i], members[i].workdir / "checkpoints", total, group.member(states, i))
-        done(i)
+        extra = {}
+        if cfg.train.undertrained_tokens:  # Land & Bartolo 2024 (launch/undertrained.py)
+            rows = undertrained.unembedding(jax.device_get(group.member(states, i)["params"]), cfg.model)
+            extra["undertrained_tokens"] = undertrained.undertrained_tokens(
+                rows, gdata.token_counts(), cfg.train.undertrained_tokens
+            )
+        done(i, extra)
     if m > 1 and is_main and group_dir is not None:
         shutil.rmtree(group_dir / "checkpoints", ignore_errors=True)
     return summaries

@@ -221,8 +221,8 @@ class RunRecord:
             self.diverged_at = step
         return self.diverged_at is not None
 
-    def finish(self) -> dict:
-        """Writes summary.json (DESIGN §3) and closes the writers; returns the summary."""
+    def finish(self, extra: dict | None = None) -> dict:
+        """Writes summary.json (DESIGN §3) with the fields of `extra` added, closes the writers; returns the summary."""
         wall = time.time() - self.t_start
         ok = self.diverged_at is None
         summary = dict(
@@ -241,6 +241,7 @@ class RunRecord:
             seed=int(self.cfg.train.seed),
             **{k: metrics_lib.to_json_value(v) for k, v in self.eval_buckets.items() if ok},
             **({"rewinds": self.rewinds} if self.cfg.train.rewind.enabled else {}),
+            **(extra or {}),
         )
         self.writer.close()
         if self.progress is not None:

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import optim
 from launch import faults, mesh as mesh_lib
 from models import fp8, mlp, probes, transformer
+from optim import agg as agg_lib
 
 
 def hparams_array(cfg) -> dict:
@@ -103,8 +104,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     tx0 = optim.make_optimizer(cfg.optim, total_steps, lr_multipliers=lr_multipliers)
     abs_opt = jax.eval_shape(tx0.init, nnx.to_pure_dict(abs_params))
     replicated = NamedSharding(mesh, P())
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # a leaf another part of optax.partition owns (optim.muon)
     opt_shardings = optax.tree_map_params(
-        tx0, lambda _, s: s, abs_opt, param_shardings, transform_non_params=lambda _: replicated
+        tx0, lambda x, s: x if masked(x) else s, abs_opt, param_shardings, transform_non_params=lambda _: replicated,
+        is_leaf=masked,
     )
     rewind = cfg.train.rewind.enabled
     detector = spike_detector(cfg.train.rewind) if rewind else None
@@ -114,6 +117,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     )
     if rewind:
         state_shardings["spike_detector"] = jax.tree.map(lambda _: replicated, jax.eval_shape(detector.init, ()))
+    o = cfg.optim  # AGG (optim/agg.py): its target counts live in the train state, like the spike detector's history
+    agg = agg_lib.agg_counts(model_cfg.vocab_size, o.agg_window, o.agg_alpha) if o.agg else None
+    if agg:
+        state_shardings["agg"] = jax.tree.map(lambda _: replicated, jax.eval_shape(agg.init, ()))
 
     def init(seed):
         _, params, rest = nnx.split(new_model(seed), nnx.Param, ...)
@@ -127,11 +134,12 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             data_offset=jnp.zeros([], jnp.int32),
             alive=jnp.ones([], bool),
         )
+        state = dict(state, agg=agg.init(())) if agg else state
         return dict(state, spike_detector=detector.init(())) if rewind else state
 
-    def forward(params, rest, batch_BxS, diagnostics: bool):
+    def forward(params, rest, batch_BxS, diagnostics: bool, head_gate=None):
         model = nnx.merge(graphdef, params, rest)
-        loss, aux, diag = model.loss(batch_BxS[:, :-1], batch_BxS[:, 1:], cfg.loss.z_loss, diagnostics)
+        loss, aux, diag = model.loss(batch_BxS[:, :-1], batch_BxS[:, 1:], cfg.loss.z_loss, diagnostics, head_gate)
         new_rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
         return loss, (aux, diag, new_rest)
 
@@ -141,7 +149,10 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
     fault = faults.nonfinite("loss") or faults.nonfinite("grads")  # a testing aid; None (no-op) in real runs
 
     def gradients(state, batch_BxS, hparams):
-        (loss, (aux, stats, new_rest)), (grads, rest_grads) = grad_fn(state["params"], state["rest"], batch_BxS, False)
+        gate = agg_lib.head_gate(state["agg"], batch_BxS[:, 1:], o.agg_alpha, o.agg_window) if agg else None
+        (loss, (aux, stats, new_rest)), (grads, rest_grads) = grad_fn(
+            state["params"], state["rest"], batch_BxS, False, gate
+        )
         new_rest = fp8.apply_meta_grads(new_rest, rest_grads)
         if cfg.train.spike_at_step:  # injected spike (base.py): the gradient of spike_scale · loss on that batch
             batch_num = state["step"] + state["data_offset"] + 1
@@ -179,6 +190,9 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             _, test = detector.update((), state["spike_detector"], loss=aux["ce"])
             new_state["spike_detector"] = test
             step_metrics.update(spike=test.skipped, spike_ce_z=test.loss_z)
+        if agg:  # commit this update's target counts (the gates above included them)
+            _, new_state["agg"] = agg.update((), state["agg"], targets=batch_BxS[:, 1:])
+            step_metrics.update(optim.state_metrics(new_state["agg"]))
         return new_state, step_metrics
 
     def eval_step(state, batch_BxS):
@@ -219,6 +233,7 @@ def build_program(cfg, mesh: jax.sharding.Mesh) -> Program:
             lambda m: transformer.lm_loss(m(batch_BxS[:, :-1])[0], batch_BxS[:, 1:], cfg.loss.z_loss)[0],
             nnx.merge(graphdef, state["params"], state["rest"]),
         ))
+        out.update(probes.spectral_alignment_metrics(model, batch_BxS[:rows, :-1]))  # own forward, so last
         out.update(probes.per_tensor_rms(state["params"], "param_rms"))
         out.update(probes.per_tensor_rms(grads, "grad_rms"))
         out.update(probes.per_tensor_rms(updates, "update_rms"))

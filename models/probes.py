@@ -99,6 +99,66 @@ def _module_paths(cfg, kind) -> list[str]:
     return [path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, kind)]
 
 
+# Spectral alignment (Qiu et al. 2025, arXiv 2510.04202; spec optimizers §8(a), reconstructed from the abstract [D])
+SPECTRAL_ALIGNMENT_DIAGNOSTICS = {
+    "sa_sign_diversity": "spectral alignment: min(p+, 1 - p+), p+ the fraction of the layer's input tokens x with "
+    "<x, v1> > 0, v1 the top input-space singular vector of W; collapses towards 0 before a loss explosion",
+    "sa_abs_mean": "spectral alignment: mean over the layer's input tokens of |<x, v1>| / ||x||",
+}
+SUBLAYER_INPUTS = {"attn": "norm1", "mlp": "norm2"}  # a block's sub-layer -> the norm whose output it reads
+
+
+def top_input_singular_vector(w_IxO: jax.Array) -> jax.Array:
+    """Unit top left-singular vector of a kernel [I, O] (y = x·W: the input direction W stretches most), the top
+    eigenvector of the Gram matrix W Wᵀ [I, I] (float32 `eigh`; sign arbitrary). Exact rather than the spec's
+    warm-started power iteration: the diagnostic keeps no state, and at init the top singular values of a random
+    kernel are too close for a cold power iteration to converge."""
+    w = w_IxO.astype(jnp.float32)
+    return jnp.linalg.eigh(w @ w.T)[1][:, -1]
+
+
+def spectral_alignment(w_IxO: jax.Array, x_NxI: jax.Array) -> dict:
+    """SA_i = <x_i, v1>/||x_i|| of every input row (spec §8(a)) summarised sign-invariantly: sign diversity
+    min(p+, 1 - p+) with p+ = mean(SA_i > 0), and mean |SA_i| (`SPECTRAL_ALIGNMENT_DIAGNOSTICS`)."""
+    x = x_NxI.astype(jnp.float32)
+    sa = x @ top_input_singular_vector(w_IxO) / jnp.maximum(jnp.linalg.norm(x, axis=-1), 1e-30)
+    p_pos = jnp.mean(sa > 0)
+    return {"sa_sign_diversity": jnp.minimum(p_pos, 1.0 - p_pos), "sa_abs_mean": jnp.mean(jnp.abs(sa))}
+
+
+def _input_projections(model) -> list[tuple[str, int, str, layers.Linear]]:
+    """(module path, block index, sub-layer, layer) of every block linear that reads the block's normed residual
+    stream: its kernel's first logical axis is "embed" (q, k, v, fc1, SwiGLU's w1 and w2; not o, fc2)."""
+    out = []
+    for path, module in nnx.iter_graph(model):
+        if (isinstance(module, layers.Linear) and len(path) == 4 and path[0] == "blocks" and path[2] in SUBLAYER_INPUTS
+                and module.n_in == 1 and module.kernel.get_metadata()["axes"][0] == "embed"):
+            out.append((path_name(path), path[1], path[2], module))
+    return out
+
+
+def spectral_alignment_modules(cfg) -> list[str]:
+    """Module paths whose spectral alignment a model config reports (built abstractly)."""
+    model = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
+    return [name for name, *_ in _input_projections(model)]
+
+
+def spectral_alignment_metrics(model, tokens_BxT) -> dict:
+    """`SPECTRAL_ALIGNMENT_DIAGNOSTICS` per input projection ("sa_sign_diversity/blocks/0/attn/q"), its inputs the
+    tokens of one forward pass (the outputs of the sub-layer's norm, read with nnx.capture) against its effective
+    kernel (σReparam's W_hat included), the kernel flattened to [d_model, outputs]."""
+    _, captured = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(tokens_BxT)
+    outputs = {path_name(k): v for k, v in nnx.to_flat_state(captured)}
+    out = {}
+    for name, block, sublayer, module in _input_projections(model):
+        x = outputs[f"blocks/{block}/{SUBLAYER_INPUTS[sublayer]}/__call__"]
+        x = (x.get_value() if hasattr(x, "get_value") else x)[0]
+        w = module.weight()
+        for key, value in spectral_alignment(w.reshape(w.shape[0], -1), x.reshape(-1, x.shape[-1])).items():
+            out[f"{key}/{name}"] = value
+    return out
+
+
 def sigma_reparam_modules(cfg) -> list[str]:
     """Module paths of the σReparam layers of the model config `cfg` (built abstractly: no arrays allocated)."""
     return _module_paths(cfg, layers.SigmaReparamLinear) if cfg.sigma_reparam else []
@@ -118,6 +178,7 @@ def diagnostic_names(cfg) -> list[str]:
     linears = [p.rpartition("/")[0] for p in _module_paths(cfg, fp8.FP8Dot)] if cfg.fp8.enabled else []
     names += [f"{k}/{m}/{t}" for m in linears for k in FP8_DIAGNOSTICS for t in ("x", "w", "grad")]
     names += [f"{k}/{m}" for m in _module_paths(cfg, mlp.SwiGLU) for k in SWIGLU_DIAGNOSTICS]
+    names += [f"{k}/{m}" for m in spectral_alignment_modules(cfg) for k in SPECTRAL_ALIGNMENT_DIAGNOSTICS]
     return names
 
 
@@ -133,4 +194,5 @@ def diagnostic_meanings() -> dict[str, str]:
         **{f"{k}/<module>": v for k, v in SIGMA_REPARAM_DIAGNOSTICS.items()},
         **{f"{k}/<module>": v for k, v in FP8_DIAGNOSTICS.items()},
         **{f"{k}/<module>": v for k, v in SWIGLU_DIAGNOSTICS.items()},
+        **{f"{k}/<module>": v for k, v in SPECTRAL_ALIGNMENT_DIAGNOSTICS.items()},
     }

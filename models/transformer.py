@@ -120,13 +120,21 @@ class Transformer(nnx.Module):
             x_BxTxD = self.embed_scale(x_BxTxD)
         return x_BxTxD if self.positions is None else self.positions(x_BxTxD)
 
-    def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
-        """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set."""
+    def __call__(self, tokens_BxT: jax.Array, diagnostics: bool = False, head_gate=None) -> tuple[jax.Array, dict]:
+        """Logits (`model.logits_dtype`) for every position, and per-layer diagnostics when `diagnostics` is set.
+
+        `head_gate(logits, logits of the detached hidden states) -> logits` (optim.agg's AGG) reshapes the head's
+        weight gradient; None (the default) leaves the model op for op."""
         x_BxTxD, diag = self.features(tokens_BxT, diagnostics)
         if self.head is None:
             logits_BxTxV = self.embed.attend(x_BxTxD, self.logits_dtype)
         else:
             logits_BxTxV = self.head(x_BxTxD)
+        if head_gate is not None:  # the same head on sg(h): AGG gates only the head weights' gradient
+            x_sg = jax.lax.stop_gradient(x_BxTxD)
+            logits_BxTxV = head_gate(
+                logits_BxTxV, self.embed.attend(x_sg, self.logits_dtype) if self.head is None else self.head(x_sg)
+            )
         return self.capped(logits_BxTxV), diag
 
     def features(self, tokens_BxT: jax.Array, diagnostics: bool = False) -> tuple[jax.Array, dict]:
@@ -144,7 +152,7 @@ class Transformer(nnx.Module):
         return self.final_norm(x_BxTxD), diag
 
     def loss(
-        self, tokens_BxT: jax.Array, targets_BxT: jax.Array, z_loss: float, diagnostics: bool = False
+        self, tokens_BxT: jax.Array, targets_BxT: jax.Array, z_loss: float, diagnostics: bool = False, head_gate=None
     ) -> tuple[jax.Array, dict, dict]:
         """(`lm_loss`'s total loss, its metrics, the per-layer diagnostics): the objective of the train and eval steps.
 
@@ -152,10 +160,10 @@ class Transformer(nnx.Module):
         through `chunked_lm_loss`: the head's logits exist only chunk by chunk and over the padded vocabulary.
         Otherwise (and on diagnostic passes, whose output-logit statistics need every logit) the reference: the
         full logits of `__call__`, then `lm_loss`. Both give the same loss and gradients up to float rounding
-        (tests/models/test_chunked_loss.py states the tolerances).
+        (tests/models/test_chunked_loss.py states the tolerances). AGG's `head_gate` takes the reference path too.
         """
-        if diagnostics or not (self.loss_chunk or self.padded_vocab > self.vocab_size):
-            logits_BxTxV, diag = self(tokens_BxT, diagnostics)
+        if diagnostics or head_gate is not None or not (self.loss_chunk or self.padded_vocab > self.vocab_size):
+            logits_BxTxV, diag = self(tokens_BxT, diagnostics, head_gate)
             return (*lm_loss(logits_BxTxV, targets_BxT, z_loss, diagnostics), diag)
         x_BxTxD, diag = self.features(tokens_BxT)
         # the [d, V] kernel as the head's matmul uses it (σReparam applied once per forward, as in `__call__`),

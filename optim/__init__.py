@@ -30,6 +30,7 @@ from optim.clipping import SkipStepState, clip_by_component_norm, clip_by_global
 from optim.fp8_moments import fp8_moments
 from optim.masks import decay_mask, stacked_by_path
 from optim.mup import scale_by_multipliers
+from optim.muon import scale_by_muon_adam
 from optim.probes import adam_attenuation
 from optim.schedules import (
     Schedule, constant, cycle_ends, cyclic_cosine, warmup_cosine, with_lr_schedule, wsd, wsd_s,
@@ -77,6 +78,11 @@ OPTIMIZERS = {
         o.spam.no_clip_steps,
     ),
     "sgd": lambda o, h: sgd_momentum(h["b1"]),  # optax.trace: m ← β1·m + g, u = m (torch SGD); β1 = 0: plain SGD
+    # Newton–Schulz-orthogonalised momentum on block matrices, Adam (b1, b2, eps) on embed/head/vectors (optim.muon)
+    "muon": lambda o, h: scale_by_muon_adam(
+        h["b1"], h["b2"], h["eps"], o.muon.beta, o.muon.ns_steps, o.muon.rms_scale, o.muon.adam_lr_ratio,
+        stacked_by_path(o.stacked_params),
+    ),
 }
 FP8_MOMENTS = ("adamw", "spam")  # the optimizers whose state holds Adam's m and v (optim.fp8_moments)
 

@@ -16,7 +16,8 @@ DIR/report/:
                              trials
     buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets (buckets.py)
     loss_over_tokens.png     with several budgets, schedules, optimizers or an injected spike (curves.py)
-    seeds.md, seeds.png      with --seeds: how far apart the seeds are (seeds.py)
+    seeds.md, seeds.png      with --seeds: how far apart the seeds are, outlier seeds marked (seeds.py)
+    early_warning.csv        with diverged trials: lead time vs false alarms of each logged signal (early_warning.py)
     index.html               all of the above in one static page, with the trial table and links to every trial's
                              run directory and TensorBoard logdir (html.py)
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from launch import records
 from launch.report.common import capped, metric_series, run_config, trial_loss
 from launch.report.lr_curves import Group, lr_sensitivity, read_sensitivity_csv, seed_verdicts, sensitivity_table
-from launch.report import buckets, common, compare, curves, html, lr_curves, seeds as seeds_lib
+from launch.report import buckets, common, compare, curves, early_warning, html, lr_curves, seeds as seeds_lib
 
 __all__ = ["write_report", "write_comparison", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss",
            "Group",
@@ -136,6 +137,7 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
         sections = (
             curves.write_curves_report(path, rows, out)  # schedules, budgets, spikes; "" without them
             + buckets.write_bucket_report(path, rows, out)  # train.freq_buckets plots; "" without them
+            + early_warning.write_early_warning_report(path, rows, out)  # "" without diverged trials
         )
         summary_md = sweep_summary(path, rows, groups, definition is not None, out, fmt) + sections
         (out / "summary.md").write_text(summary_md)

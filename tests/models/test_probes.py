@@ -42,6 +42,7 @@ def reported(cfg, model, tokens_BxS):
     out = {**diag, **{k: v for k, v in metrics.items() if k not in ("ce", "z_loss")}}
     out.update(probes.embedding_metrics(model, tokens_BxS[:, :-1]))
     out.update(probes.sigma_reparam_metrics(model))
+    out.update(probes.spectral_alignment_metrics(model, tokens_BxS[:, :-1]))
     return out
 
 
