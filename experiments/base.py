@@ -163,7 +163,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.spam.no_clip_steps = 20  # (int >= 0) no spike clipping in the first N updates and the N updates from each reset on
 
     o.muon = ml_collections.ConfigDict()  # optim.name = muon (optim/muon.py): Muon on block matrices, Adam elsewhere
-    o.muon.beta = 0.95  # (float in [0, 1)) Muon's Nesterov momentum on the block matrices (b1/b2/eps: the Adam part)
+    o.muon.beta = 0.95  # (float >= 0, < 1) Muon's Nesterov momentum on the block matrices (b1/b2/eps: the Adam part)
     o.muon.ns_steps = 5  # (int >= 1) Newton–Schulz iterations of the orthogonalisation (Jordan et al. 2024)
     o.muon.rms_scale = 0.2  # (float >= 0) update x rms_scale·sqrt(max(fan_in, fan_out)): AdamW's RMS, so optim.lr is on
     #                         AdamW's scale (Liu et al. 2025); 0: Jordan's sqrt(max(1, fan_out/fan_in)) (lr ~0.02)
@@ -171,7 +171,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     o.agg = False  # (bool) AGG, adaptive gradient gating of rare-token rows of the output embedding (Yu et al. 2022;
     #                spec optimizers §7; optim/agg.py): the head's weight gradient, tied or untied
-    o.agg_alpha = 0.03  # (float in (0, 1]) AGG: a token is rare while its mean appearances per step (as a target) < alpha
+    o.agg_alpha = 0.03  # (float > 0, <= 1) AGG: a token is rare while its mean appearances per step (as a target) < alpha
     #                     (paper LM: 0.03; MT 0.08)
     o.agg_window = 100  # (int >= 1) AGG: steps of target counts averaged (paper: one epoch of updates) [D]
 
@@ -216,7 +216,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.progress = True  # (bool) print a progress line (step, loss, tokens/s) every log_every steps
     t.freq_buckets = 0  # (int >= 0) > 0: each eval also reports the eval CE in this many token-frequency buckets, by rank and
     #                     by equal mass (eval_loss_rank_bucket, eval_loss_mass_bucket; spec optimizers §2, §5); 0 = off
-    t.spike_at_step = 0  # testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
+    t.spike_at_step = 0  # (int >= 0) testing/study hook: multiply the gradient of the step that reads batch number spike_at_step
     t.undertrained_tokens = 0  # (int >= 0) at the end of a run, summary.json's undertrained_tokens lists this many
     #                      (1-based; = that step unless a rewind advanced the data) by spike_scale to inject a gradient
     #                      spike from a "bad batch" (spec optimizers §10); the logged loss is unscaled; 0 = never
@@ -241,15 +241,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.wandb = ml_collections.ConfigDict()  # Weights & Biases: one W&B run per trial, grouped by sweep (launch/metrics.py)
     t.wandb.project = ""  # (str) W&B project; "" = off (JSONL and TensorBoard are always written); needs the [wandb] extra
     t.wandb.entity = ""  # (str) W&B entity (user or team); "" = your default entity
-    t.wandb.mode = "offline"  # (str: offline | online) offline: written under WANDB_DIR (default: the run directory)
+    t.wandb.mode = "offline"  # (str: offline|online) offline: written under WANDB_DIR (default: the run directory)
     #                           for a later `wandb sync`; online: uploaded as the run goes
 
     # ---- mesh: launch/mesh.py ------------------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # (int >= -1; -1 = fill) data-parallel axis: members of a group first, else batch rows
-    c.mesh.fsdp = 1  # (int >= -1; -1 = fill) parameter/optimizer-state sharding axis (batch is split over it too)
-    c.mesh.tensor = 1  # (int >= -1; -1 = fill) tensor-parallel axis (heads, MLP hidden, vocab)
-    c.mesh.members = 1  # (int >= -1; -1 = fill) device groups that hold whole members of a batched group
+    c.mesh.data = -1  # (int >= -1, != 0; -1 = fill) data-parallel axis: members of a group first, else batch rows
+    c.mesh.fsdp = 1  # (int >= -1, != 0; -1 = fill) parameter/optimizer-state sharding axis (batch is split over it too)
+    c.mesh.tensor = 1  # (int >= -1, != 0; -1 = fill) tensor-parallel axis (heads, MLP hidden, vocab)
+    c.mesh.members = 1  # (int >= -1, != 0; -1 = fill) device groups that hold whole members of a batched group
 
     # ---- optim (optim helper, issue 10): the WSD-S decay length per budget ------------------------------------------
     o.wsd.decay_of = "cycle"  # (str: registry optim.schedules.DECAY_OF) wsd_s: a fractional wsd.decay is of each cycle (Levanter) | budget: of the step B_k it ends at (= a WSD run of B_k)

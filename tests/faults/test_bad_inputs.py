@@ -400,8 +400,8 @@ def report_cases(tmp: Path) -> list[Case]:
         Case("report", [str(listy)], "summary.json is corrupt", None),
         Case("report", [str(empty)], "is neither a sweep directory", empty),
         Case("report", [str(tmp / "nowhere")], "is neither a sweep directory", tmp / "nowhere"),
-        Case("report", [], "give one sweep directory", None),
-        Case("report", [str(rows), str(empty)], "give one sweep directory", None),
+        Case("report", [], "give a sweep directory", None),
+        Case("report", [str(rows), str(empty)], "is not a sweep directory", None),
         Case("report", [str(rows), "--metric"], "--metric", None),
     ]
 
