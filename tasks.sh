@@ -48,7 +48,7 @@ case "${1:-}" in
   test)
     setup "test,tfds,wandb,ray"
     ensure_chromium
-    exec .venv/bin/python -m pytest -q tests
+    exec .venv/bin/python -m pytest -q -n 2 --dist loadfile tests  # two workers, whole files each (shared fixtures)
     ;;
   *)
     echo "usage: bash tasks.sh demo|test" >&2

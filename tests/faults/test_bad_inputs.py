@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import runpy
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+import faultkit
 import helpers
 from experiments import base
 from launch import configs, validate
@@ -106,6 +106,9 @@ def run_cases(cases: list[Case], monkeypatch, capsys) -> None:
             failures.append(f"launch.{case.command} {' '.join(case.argv)}: {bad}\n    stderr: {err[-400:]!r}")
     with capsys.disabled():
         print(f"\nbad inputs tried per command: {tried}; tracebacks: {tracebacks}")
+    for command, n in tried.items():  # also in the suite's terminal summary (conftest.py)
+        faultkit.INJECTED[f"bad input: launch.{command}"] += n
+    faultkit.INJECTED["bad input: tracebacks"] += tracebacks
     assert not failures, f"{len(failures)} of {len(cases)} bad inputs mishandled:\n" + "\n".join(failures)
 
 
