@@ -183,12 +183,15 @@ def seed_verdicts(groups: Sequence[Group]) -> list[str]:
         for a, b in itertools.combinations([g for g in members if len(g.seeds) > 1], 2):
             name = f"{where}{curve_label(a, sizes)} vs {curve_label(b, sizes)}"
             sa, sb = a.sensitivity(), b.sensitivity()
+            if len(a.lrs) < 2 or len(b.lrs) < 2:  # over one LR the sensitivity is 0 by definition
+                out.append(f"{name}: not compared (an LR sensitivity needs at least two learning rates).")
+                continue
             if sa["mean"] is None or sb["mean"] is None:
                 out.append(f"{name}: not compared ({a.note or b.note}).")
                 continue
             diff = abs(sa["mean"] - sb["mean"])
             spread = max(sa["max"] - sa["min"], sb["max"] - sb["min"])
-            if diff < spread:
+            if diff <= spread:
                 out.append(f"{name}: the difference in LR sensitivity ({diff:.4f}) is smaller than the seed spread "
                            f"({spread:.4f}); these seeds do not tell the two apart.")
             else:
