@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import optim
 from launch import mesh as mesh_lib
 from models.transformer import dims
 
@@ -88,7 +89,7 @@ def estimate(cfg, members: int = 1, backend: str = "gpu", n_devices: int = 1) ->
     N = B * T
 
     n = n_params(m) / state_ways
-    moments = {"adamw": 2, "spam": 2, "sgd": 1}[cfg.optim.name]
+    moments = optim.STATE_COPIES[cfg.optim.name]
     params, opt_state, grads = n * p, moments * n * p, n * max(p, 4)
     state = params + opt_state
 

@@ -84,6 +84,9 @@ OPTIMIZERS = {
         stacked_by_path(o.stacked_params),
     ),
 }
+# optim.name -> float copies of the parameters its state holds (launch/memory.py); muon: 1 (momentum) on block
+# matrices and 2 (Adam) elsewhere, counted as 2, an upper bound
+STATE_COPIES = {"adamw": 2, "spam": 2, "sgd": 1, "muon": 2}
 FP8_MOMENTS = ("adamw", "spam")  # the optimizers whose state holds Adam's m and v (optim.fp8_moments)
 
 # optim.clip_mode -> (optim_cfg, hparams) -> gradient clipping with threshold hparams["clip"] (<= 0: off)
@@ -197,7 +200,7 @@ def state_metrics(opt_state) -> dict[str, jax.Array]:
 
 
 __all__ = [
-    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "Schedule", "SkipStepState", "SpamState",
+    "CLIPPING", "HPARAM_KEYS", "OPTIMIZERS", "SCHEDULES", "STATE_COPIES", "Schedule", "SkipStepState", "SpamState",
     "adam_attenuation", "clip_by_component_norm", "clip_by_global_norm", "constant", "cycle_ends", "cyclic_cosine",
     "decay_ends", "decay_mask", "global_norm", "hparams_from_config", "make_optimizer", "make_schedule",
     "scale_by_adam", "scale_by_spam", "schedules", "sgd_momentum", "skip_step", "spam", "stacked_by_path",

@@ -156,6 +156,6 @@ def plot_metric(panels: dict[str, list[tuple[str, Path, bool]]], metric: str, lo
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long titles and legends stay inside the image
     plt.close(fig)
     return True

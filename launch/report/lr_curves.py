@@ -168,15 +168,27 @@ def panels(groups: Sequence[Group]) -> tuple[tuple[str, ...], dict[common.Items,
     return sizes, dict(sorted(out.items(), key=lambda p: json.dumps(p[0], default=str)))
 
 
-def curve_label(group: Group, sizes: Sequence[str]) -> str:
-    """The intervention: the group's items without the size keys."""
-    return common.label([(k, v) for k, v in group.items if k not in sizes])
+def curve_label(group: Group, hide: Sequence[str]) -> str:
+    """The intervention: the group's items without the keys in `hide` (the size keys, or `hidden_keys`)."""
+    return common.label([(k, v) for k, v in group.items if k not in hide]) or group.label
+
+
+def hidden_keys(groups: Sequence[Group], sizes: Sequence[str]) -> tuple[str, ...]:
+    """The size keys and, among two or more groups, every key with the same value in all of them: a legend then
+    names only what tells its curves apart (z_loss=1e-4 on every curve is no label)."""
+    values: dict[str, set] = {}
+    for g in groups:
+        for k, v in g.items:
+            values.setdefault(k, set()).add(json.dumps(v, default=str))
+    same = [k for k, vs in values.items() if len(vs) == 1 and all(k in dict(g.items) for g in groups)]
+    return (*sizes, *(same if len(groups) > 1 else ()))
 
 
 def seed_verdicts(groups: Sequence[Group]) -> list[str]:
     """A sentence per pair of multi-seed groups of the same size: is the difference of their LR sensitivities
     larger than the seed spread (the larger of the two groups' max − min of per-seed sensitivity)?"""
     sizes, by_size = panels(groups)
+    sizes = hidden_keys(groups, sizes)
     out = []
     for size, members in by_size.items():
         where = f"{common.label(size)}: " if size else ""
@@ -253,6 +265,7 @@ def plot_loss_vs_lr(groups: Sequence[Group], path: Path, title: str):
     """
     plt = common.pyplot()
     sizes, by_size = panels([g for g in groups if g.lrs])
+    sizes = hidden_keys([g for g in groups if g.lrs], sizes)
     styles = {  # one colour, line style and marker per intervention in every panel: coinciding curves stay visible
         c: dict(color=plt.cm.tab10(i % 10), linestyle=common.LINESTYLES[i % 4], marker="osD^"[i % 4])
         for i, c in enumerate(sorted({curve_label(g, sizes) for gs in by_size.values() for g in gs}))
@@ -288,7 +301,7 @@ def plot_loss_vs_lr(groups: Sequence[Group], path: Path, title: str):
     fig.suptitle((f"final eval loss vs learning rate — {title}" if sizes else "final eval loss vs learning rate")
                  + (" (band: min–max over seeds; dots: seeds)" if banded else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long titles and legends stay inside the image
     plt.close(fig)
     return fig
 

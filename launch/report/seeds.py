@@ -81,6 +81,7 @@ def plot_seed_spread(groups: Sequence[lr_curves.Group], path: Path, title: str):
     """seeds.png (module docstring); returns the (closed) figure, a line with gid `<group>/spread` per group."""
     plt = common.pyplot()
     sizes, by_size = lr_curves.panels([g for g in groups if len(g.seeds) > 1])
+    sizes = lr_curves.hidden_keys([g for g in groups if len(g.seeds) > 1], sizes)
     fig, axes = common.axes_grid(plt, max(len(by_size), 1))
     for ax, (size, members) in zip(axes, by_size.items()):
         for i, g in enumerate(members):
@@ -94,7 +95,7 @@ def plot_seed_spread(groups: Sequence[lr_curves.Group], path: Path, title: str):
         ax.legend(fontsize=8)
     fig.suptitle("seed spread of the final eval loss (capped at ℓ0)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long titles and legends stay inside the image
     plt.close(fig)
     return fig
 

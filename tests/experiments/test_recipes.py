@@ -13,7 +13,7 @@ from experiments import base, sweeps
 from launch import configs
 
 STUDIES = ("small_scale_proxies", "sigma_reparam", "ls_attention", "mlra", "softplus_attention", "spike_no_more",
-           "spam", "wsd_s", "weight_decay_fairness", "class_imbalance", "fp8_smooth_swiglu")
+           "spam", "wsd_s", "weight_decay_fairness", "class_imbalance", "fp8_smooth_swiglu", "muon_lr")
 PRESETS = ("tiny", "gpu")
 
 
