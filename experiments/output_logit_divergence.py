@@ -23,7 +23,7 @@ Presets (`get_config(arg)`):
         Measured (2 CPU cores, 2 batched programs, 100 s + 60 s; docs/reproductions/output_logit_divergence.md):
         it does NOT show the divergence at this scale. No run diverges; at LR 0.1 / 0.3 every arm ends at eval
         loss 3.97-3.99 (3.82-3.83 at 3e-2). The mean output logit falls in every arm alike, -1.4 at step 75 to
-        -2.5..-2.7 at step 300, and log Z rises to 8.1-8.5; z-loss lowers the final log Z by only ~0.1-0.3 and
+        -2.5..-2.7 at step 300, and log Z rises to 8.1-8.5; z-loss lowers the final log Z by only ~0.1-0.2 and
         weight decay 1e-4 changes nothing visible in 300 steps. The tiny preset checks that the arms run and the
         diagnostics are logged; the claim needs the gpu preset.
   gpu   one H200: the 2.4m ladder shape (d 256, 3 layers, 4 heads of 64, vocab 32101), batch 64 x 512, 1000 steps
