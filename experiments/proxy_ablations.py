@@ -28,7 +28,12 @@ Arms (`ARMS`; each changes one thing against the baseline, page 1's qk-layernorm
 Presets (`get_config(arg)`):
   tiny  CPU: d 64 (the base width; μParam arms at d 128 with mup_base_width 64), 2 layers, 2 heads, float32,
         300 steps of 8 x 64 on `classics` after a 100-step warmup (the same WARMUP as gpu, so one BASELINE
-        describes both presets), LR {3e-3, 3e-2, 3e-1}, diagnostics every 50 steps: 18 trials.
+        describes both presets), LR {3e-3, 3e-2, 3e-1}, diagnostics every 50 steps: 18 trials, ~5 minutes on 2
+        CPU cores (4 batched programs). Measured (1 seed; docs/reproductions/proxy_ablations.md): μParam keeps the
+        best LR at 3e-2 from d 64 to d 128 while the baseline's moves to 3e-3; the grad RMS of blocks/0/mlp/fc1
+        falls with LR and width (1.5e-5 at LR 0.3, d 64; 3.2e-6 at d 128) and ε 1e-8's attenuation with it (0.998,
+        0.994), which ε 1e-15 removes; the short warmup is worse at every LR; coupled vs independent decay differ
+        by noise (LR sensitivity 0.166 vs 0.187).
   gpu   the whole study on one H200: the 2.4m ladder shape (d 256, the paper's μParam base width) for
         baseline / coupled_wd / short_warmup / eps_1e-15 and 9.4m (d 512) for mup / baseline_wide, each x the
         7-point grid x 3 seeds: 126 trials, batch 64 x 512, 1000 steps (1.08 epochs of the 30.3M-token code9
