@@ -99,3 +99,16 @@ def test_proxy_ablations_tiny_logs_grad_rms_and_adam_attenuation(tmp_path):
         assert [r["step"] for r in diag] == [4, 8]
         assert all(r["grad_rms/blocks/0/mlp/fc1/kernel"] > 0 and 0 < r["adam_attenuation/blocks/0/mlp/fc1/kernel"]
                    <= 1 + 1e-6 for r in diag)
+
+
+def test_ablation_baseline_is_page_ones_qk_layernorm_arm():
+    """Page 3 reuses page 1's committed 2.4m qk-layernorm rows as its baseline: the configs must be the same."""
+    from experiments import small_scale_proxies as proxies
+
+    def by_point(module, preset, keep):
+        rows = [flat(module, preset, o) for o in module.get_sweep(preset) if keep(o)]
+        return {(f["optim.lr"], f["train.seed"]): f for f in rows}
+
+    ours = by_point(abl, "gpu_baseline", lambda o: True)
+    page1 = by_point(proxies, "gpu_2.4m", lambda o: o["model.qk_norm"])
+    assert ours == page1 and len(ours) == 21
