@@ -44,7 +44,8 @@ Presets (`get_config(arg)`):
         experiments/results/sweeps/proxies_2.4m_code9, so a session can skip it), gpu_coupled_wd,
         gpu_short_warmup, gpu_eps_1e-15, gpu_mup, gpu_baseline_wide (= page 1's 9.4m qk-layernorm arm).
         The smallest informative slice is gpu_coupled_wd: with page 1's rows it gives claim 1 at 3 seeds.
-        `launch.report DIR_A DIR_B ...` draws slices together.
+        Run the slices into one --workdir (they share the base config, so launch.sweep accepts them there) and
+        `launch.report` that directory: it takes one directory and draws every finished row.
 
 Recipe (`RECIPE`, the baseline; tests/experiments/test_recipes.py):
 
