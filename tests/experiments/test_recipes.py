@@ -13,7 +13,8 @@ from experiments import base, sweeps
 from launch import configs
 
 STUDIES = ("small_scale_proxies", "sigma_reparam", "ls_attention", "mlra", "softplus_attention", "spike_no_more",
-           "spam", "wsd_s", "weight_decay_fairness", "class_imbalance", "fp8_smooth_swiglu", "muon_lr")
+           "spam", "wsd_s", "weight_decay_fairness", "class_imbalance", "fp8_smooth_swiglu", "muon_lr",
+           "output_logit_divergence", "proxy_ablations")
 PRESETS = ("tiny", "gpu")
 
 
