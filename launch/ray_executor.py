@@ -54,6 +54,12 @@ class Collect:
     def __call__(self, trial, summary: dict) -> None:
         self.rows.append((trial.id, summary))
 
+    def start(self, trials) -> None:
+        """Nothing in the task: the driver's Recorder marks a group running when it submits it."""
+
+    def fail(self, ids=None) -> None:
+        """Nothing in the task: a raising task fails its Ray attempt, and the driver records it."""
+
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 """Set before `import ray` for a private instance: Ray then takes 127.0.0.1 as the node address (as on a laptop)
@@ -92,6 +98,7 @@ def run(groups, workdir: Path, record, task, trial_dir, *, address: str | None =
                 continue
             payload = [(t.id, t.overrides, configs.flatten(t.cfg)) for t in group]
             pending[remote.remote(payload, str(workdir), str(record.path))] = group
+            record.start([t for t in group if t.id not in finished])
         logging.info("ray: %d group tasks submitted (%s)", len(pending), address or "local instance")
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -120,6 +127,7 @@ def _record_failed(group, trial_dir, record, error: Exception, retries: int) -> 
             record(t, summary)
             continue
         logging.warning("[failed] %s after %d attempts: %s", t.id, retries + 1, message)
+        record.fail([t.id])
         records.append_result(record.path, {
             "id": t.id, "overrides": t.overrides, "failed": True, "error": message, "attempts": retries + 1,
             "diverged": False, "diverged_at_step": None, "initial_loss": None, "final_loss": None, "eval_loss": None,

@@ -1,7 +1,11 @@
 """Shared pytest set-up: tests/ on sys.path (so a test in any sub-folder can `import helpers`), the tiny configs
 and a session-wide cache of compiled runtimes."""
 
+import collections
+import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,26 @@ def runtime():
         return cache[key]
 
     return get
+
+
+# ---- the fault suite's counts (tests/faults/conftest.py writes them per process) -------------------------------------
+
+FAULT_COUNTS_ENV = "PROXYLAB_FAULT_COUNTS_DIR"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), before any worker starts
+        os.environ[FAULT_COUNTS_ENV] = tempfile.mkdtemp(prefix="proxylab_fault_counts_")
+
+
+def pytest_terminal_summary(terminalreporter):
+    injected, lost = collections.Counter(), collections.Counter()
+    for f in Path(os.environ.get(FAULT_COUNTS_ENV, "/nonexistent")).glob("*.json"):
+        rows = json.loads(f.read_text())
+        injected.update(rows["injected"])
+        lost.update(rows["lost"])
+    if injected:
+        terminalreporter.write_sep("-", "faults injected (tests/faults)")
+        for kind, n in sorted(injected.items()):
+            terminalreporter.write_line(f"{n:4d}  {kind}")
+        terminalreporter.write_line(f"results lost: {sum(lost.values())}")

@@ -1,13 +1,11 @@
 """The fault-injection suite (issue 13): uninterrupted reference runs shared by its tests, and the count of faults
-injected per kind and of results lost, printed in pytest's terminal summary. Under pytest-xdist each worker writes
-its counts into a directory the controller made (`COUNTS_ENV`), and the controller adds them up."""
+injected per kind and of results lost, written for tests/conftest.py, which prints them in pytest's terminal
+summary (added up over pytest-xdist workers: the controller never loads this file)."""
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,30 +41,9 @@ def reference_sweeps(tmp_path_factory):
     return get
 
 
-COUNTS_ENV = "PROXYLAB_FAULT_COUNTS_DIR"
-
-
-def pytest_configure(config):
-    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist): before any worker starts
-        os.environ[COUNTS_ENV] = tempfile.mkdtemp(prefix="proxylab_fault_counts_")
-
-
 def pytest_sessionfinish(session):
-    worker = getattr(session.config, "workerinput", {}).get("workerid")
-    if worker and os.environ.get(COUNTS_ENV):
+    """This process's counts, for tests/conftest.py's terminal summary (which adds up every xdist worker's)."""
+    if os.environ.get("PROXYLAB_FAULT_COUNTS_DIR") and faultkit.INJECTED:
+        worker = getattr(session.config, "workerinput", {}).get("workerid", "main")
         rows = {"injected": dict(faultkit.INJECTED), "lost": dict(faultkit.LOST)}
-        (Path(os.environ[COUNTS_ENV]) / f"{worker}.json").write_text(json.dumps(rows))
-
-
-def pytest_terminal_summary(terminalreporter):
-    injected, lost = collections.Counter(faultkit.INJECTED), collections.Counter(faultkit.LOST)
-    for f in Path(os.environ.get(COUNTS_ENV, "/nonexistent")).glob("*.json"):
-        rows = json.loads(f.read_text())
-        injected.update(rows["injected"])
-        lost.update(rows["lost"])
-    if not injected:
-        return
-    terminalreporter.write_sep("-", "faults injected")
-    for kind, n in sorted(injected.items()):
-        terminalreporter.write_line(f"{n:4d}  {kind}")
-    terminalreporter.write_line(f"results lost: {sum(lost.values())}")
+        (Path(os.environ["PROXYLAB_FAULT_COUNTS_DIR"]) / f"{worker}.json").write_text(json.dumps(rows))
