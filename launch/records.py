@@ -70,8 +70,10 @@ def read_results(path: Path) -> list[dict]:
             row = None
         why = "is not a JSON object"
         if isinstance(row, dict):
-            missing = [k for k in RESULT_KEYS if k not in row]
-            wrong = [k for k, t in RESULT_KEYS.items() if k in row and not isinstance(row[k], t)]
+            # a trial the Ray executor gave up on (`failed: true`, its error): recorded, with no losses
+            keys = {k: RESULT_KEYS[k] for k in ("id", "overrides")} if row.get("failed") is True else RESULT_KEYS
+            missing = [k for k in keys if k not in row]
+            wrong = [k for k, t in keys.items() if k in row and not isinstance(row[k], t)]
             why = f"lacks {', '.join(missing)}" if missing else f"has a malformed {', '.join(wrong)}" if wrong else ""
         if why:
             print(f"warning: {path}:{n} {why}; skipped", file=sys.stderr)
