@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO
-from launch import configs, metrics as metrics_lib, records
+from launch import checkpoint, configs, metrics as metrics_lib, records
 
 RUN = [
     "--config=experiments/base.py:tiny", "--config.data.source=synthetic", "--config.train.steps=30",
@@ -85,12 +85,13 @@ def test_two_processes_fsdp_killed_and_resumed_equal_one_process(tmp_path):
     args = [*RUN, *FSDP, f"--workdir={work}"]
     procs = start("launch.train", args, tmp_path, "multi")
     deadline = time.time() + 300
-    while not (work / "checkpoints" / "10").exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+    done = work / "checkpoints" / "10" / checkpoint.MANIFEST  # a step is complete once its manifest is written
+    while not done.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.1)
     for p in procs:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
-    assert (work / "checkpoints" / "10").exists() and not (work / "summary.json").exists(), "the kill did not land mid-run"
+    assert done.exists() and not (work / "summary.json").exists(), "the kill did not land mid-run"
 
     procs = start("launch.train", args, tmp_path, "resumed")
     finish(procs, tmp_path, "resumed")
