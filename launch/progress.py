@@ -6,8 +6,8 @@ its own, its bar writes to stderr beside absl's log lines without taking over th
 and Hugging Face training scripts already show.
 
 MFU here is the quick estimate 6 · N · tokens/s / (devices · peak) (Kaplan et al. 2020 §2.1; N = every parameter),
-shown where the device's dense BF16 peak is known (PEAK_FLOPS) and `–` elsewhere (CPU). benchmarks/flops.py has
-the exact count (matmul parameters only, plus the attention term) that the throughput benchmarks report.
+shown where the device's dense BF16 peak is known (PEAK_FLOPS) and `–` elsewhere (CPU). launch/flops.py has the
+exact count (matmul parameters only, plus the attention term) that the throughput benchmarks and --dry_run report.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ import sys
 
 from absl import logging
 
-# dense BF16 tensor-core peak per device, by jax's device_kind (datasheets; benchmarks/flops.py: the H200's)
-PEAK_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "TPU v4": 275e12, "TPU v5p": 459e12}
+from launch import flops
+
+# dense BF16 tensor-core peak per device, by jax's device_kind (datasheets; the H200's is launch/flops.py's)
+PEAK_FLOPS = {
+    "NVIDIA H200": flops.DATASHEET_PEAK_TFLOPS * 1e12, "NVIDIA H100 80GB HBM3": 989e12, "TPU v4": 275e12,
+    "TPU v5p": 459e12,
+}
 
 
 def device_peak() -> tuple[float | None, int]:
