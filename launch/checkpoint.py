@@ -28,7 +28,9 @@ import hashlib
 import json
 import logging
 import os
+import io
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +122,7 @@ class Checkpointer:
         path, raised once: orbax's threads would otherwise log the error with a traceback per thread first."""
         held, refused = _HoldOrbaxErrors(), None
         logging.getLogger("absl").addFilter(held)
+        stderr, sys.stderr = sys.stderr, _HeldStream()
         try:
             self.manager.save(step, args=ocp.args.StandardSave(_flatten(state)), force=True)
             self.manager.wait_until_finished()
@@ -130,7 +133,10 @@ class Checkpointer:
         finally:
             logging.getLogger("absl").removeFilter(held)
             if refused is None:
+                sys.stderr.release(stderr)
                 held.release()
+            else:
+                sys.stderr.drain(stderr)
         if refused is not None:
             code = int(refused[1])
             raise OSError(code, os.strerror(code), str(self.step_dir(step)))
@@ -218,6 +224,26 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _HeldStream(io.StringIO):
+    """sys.stderr during a save. A refused write leaves tensorstore's pending futures to complete on an asyncio
+    loop that orbax has already closed; each prints an 'Event loop is closed' traceback from a C++ thread for a
+    few milliseconds after the error. `drain` drops that aftermath once it has gone quiet; `release` passes on
+    what a successful save printed."""
+
+    QUIET_S, MAX_WAIT_S = 0.3, 5.0
+
+    def release(self, stream) -> None:
+        sys.stderr = stream
+        stream.write(self.getvalue())
+
+    def drain(self, stream) -> None:
+        deadline, seen = time.monotonic() + self.MAX_WAIT_S, -1
+        while time.monotonic() < deadline and seen != self.tell():
+            seen = self.tell()
+            time.sleep(self.QUIET_S)
+        sys.stderr = stream
 
 
 class _HoldOrbaxErrors(logging.Filter):

@@ -33,8 +33,6 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error")]
 
 
-@pytest.mark.xfail(strict=False, reason="known intermittent defect (issue 13 stays open): the full-disk exit sometimes "
-                   "prints, after its one clear error line, asyncio 'Event loop is closed' tracebacks from orbax's threads")
 def test_full_then_read_only_disk_resumes_bitwise(tmpfs, reference_run):
     mnt, remount = tmpfs
     _, ref = reference_run

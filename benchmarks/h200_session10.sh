@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Session 10's H200 calls, run from the repo root on the GPU machine; writes into $OUT. One queue, called until done:
+#   BUDGET=540 bash benchmarks/h200_session10.sh JOB...   runs the JOBs in order inside BUDGET seconds; a sweep cut
+#                                                          off resumes in the next call (same warm machine)
+# JOBs:
+#   fp8    experiments/fp8_smooth_swiglu.py:gpu (4 arms x 3 seeds, batched)
+#   old    experiments/output_logit_divergence.py:gpu (3 arms x 3 LRs x 3 seeds, 3 batched programs)
+#   perf   issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked loss head, the side by side at 42m
+#          and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the 151m step
+# The corpus travels compressed in gpu_data/code10 (ignored by git, carried with .whl): the Python sources of the
+# CPU machine's project venv site-packages and the pyenv Python 3.12 standard library, deduplicated by content
+# (12080 files, 176 MB), byte-level BPE 32101, 47.2M tokens; gpu_data/code10/SHA256SUMS, benchmarks/RESULTS.md.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if [ -d .whl ]; then  # the GPU image lacks ml-collections and tensorboardX, and its flax 0.12.10 predates sow(capture_noop)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+CORPUS=/tmp/code10
+if [ ! -f $CORPUS/tokens.npy ]; then
+  mkdir -p $CORPUS && cp gpu_data/code10/doc_ends.npy gpu_data/code10/tokenizer.json $CORPUS/
+  python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('gpu_data/code10/tokens.npy.xz'), open('$CORPUS/tokens.npy', 'wb'))"
+  (cd $CORPUS && sha256sum -c "$OLDPWD/gpu_data/code10/SHA256SUMS") || exit 1
+fi
+DATA="--config.data.source=prepared --config.data.prepared_dir=$CORPUS"
+budget=${BUDGET:-540}; t0=$(date +%s)
+left() { echo $(( budget - ($(date +%s) - t0) )); }
+
+sweep() {  # sweep NAME STUDY: the batched sweep into /tmp/runs/NAME (resumes), its dir back as NAME.tgz
+  local dir=/tmp/runs/$1 l; l=$(left); [ "$l" -gt 60 ] || { echo "$1: no time left"; return; }
+  timeout "$l" python3 -m launch.sweep --config="$2" --workdir=$dir --executor=batched $DATA 2>&1 \
+    | grep -v '^step ' | grep -E "sweep|trial|rror|report|\] \[" | cut -c1-220
+  echo "$1: $(wc -l < $dir/results.jsonl) rows after $(( $(date +%s) - t0 )) s"
+  tar czf "$OUT/$1.tgz" --exclude=checkpoints -C /tmp/runs "$1"
+}
+
+perf() {
+  local P=/tmp/perf; mkdir -p $P
+  T="timeout 100 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/head.jsonl --config=experiments/base.py:151m"
+  [ -f $P/head.done ] || {
+    $T --label=151m/logits_f32 2>&1 | tail -1 | cut -c1-200
+    $T --config.model.logits_dtype=bfloat16 --label=151m/logits_bf16 2>&1 | tail -1 | cut -c1-200
+    $T --config.model.loss_chunk=128 --label=151m/loss_chunk128 2>&1 | tail -1 | cut -c1-200
+    touch $P/head.done; }
+  [ "$(left)" -gt 200 ] && [ ! -f $P/sbs.done ] && {
+    python3 -m benchmarks.side_by_side --out=$P/side_by_side.jsonl --sizes=42m,151m --steps=10 --warmup=3 --timeout=150 \
+      --ours_args="--config.model.logits_dtype=bfloat16" \
+      > $P/side_by_side.log 2>&1; tail -6 $P/side_by_side.log; touch $P/sbs.done; }
+  [ "$(left)" -gt 120 ] && [ ! -f $P/prof.done ] && {
+    timeout 150 python3 -m benchmarks.profile_step --config=experiments/base.py:151m --config.model.logits_dtype=bfloat16 \
+      --steps=3 --warmup=2 --label=151m/logits_bf16 --trace_dir=/tmp/prof151 --out_json=$P/profile_151m.json \
+      --out_md=$P/profile_151m.md > $P/profile.log 2>&1; tail -2 $P/profile.log; head -24 $P/profile_151m.md; touch $P/prof.done; }
+  tar czf "$OUT/perf.tgz" -C /tmp perf
+}
+
+for job in "$@"; do
+  case $job in
+  fp8) sweep fp8_gpu experiments/fp8_smooth_swiglu.py:gpu ;;
+  old) sweep old_gpu experiments/output_logit_divergence.py:gpu ;;
+  perf) perf ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 fp8|old|perf ..." >&2; exit 2 ;;
+  esac
+done
+echo "queue ended after $(( $(date +%s) - t0 )) s"
