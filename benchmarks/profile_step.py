@@ -271,11 +271,18 @@ def summarise(events: list[dict], hlo: Hlo, steps: int, top: int = 25) -> dict:
                          source=_source(instr, hlo), kernel=kernel, in_hlo=instr is not None))
     total = sum(cats.values())
     rows.sort(key=lambda r: -r["ms_per_step"])
+    by_source = collections.defaultdict(lambda: [0.0, 0])  # (category, source) -> [ms per step, ops]: every op
+    for r in rows:
+        entry = by_source[r["category"], r["source"] or f"({r['opcode'] or 'unmapped'})"]
+        entry[0] += r["ms_per_step"]
+        entry[1] += 1
     return dict(
         module=hlo.module, steps=steps, n_events=len(events), total_ms_per_step=total / 1e3 / steps,
         unmapped_fraction=sum(r["ms_per_step"] for r in rows if not r["in_hlo"]) / max(total / 1e3 / steps, 1e-12),
         categories={c: dict(ms_per_step=us / 1e3 / steps, fraction=us / total if total else 0.0) for c, us in cats.items()},
         top_ops=rows[:top],
+        by_source=[dict(category=c, source=src, ms_per_step=ms, n_ops=n)
+                   for (c, src), (ms, n) in sorted(by_source.items(), key=lambda kv: -kv[1][0])],
     )
 
 
@@ -295,6 +302,11 @@ def render_markdown(summary: dict) -> str:
              "| category | ms / step | share |", "|---|---|---|"]
     for c, v in summary["categories"].items():
         lines.append(f"| {c} | {v['ms_per_step']:.2f} | {v['fraction']:.1%} |")
+    if summary.get("by_source"):  # where a category's time comes from in the code: every op, summed by source
+        lines += ["", "| source (innermost project frame, else the opcode) | category | ms / step | ops |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['source']} | {r['category']} | {r['ms_per_step']:.2f} | {r['n_ops']} |"
+                  for r in summary["by_source"][:len(summary["top_ops"])]]
     lines += ["", "| op | category | ms / step | calls / step | source | kernel |", "|---|---|---|---|---|---|"]
     for r in summary["top_ops"]:
         lines.append(f"| `{r['hlo_op']}` | {r['category']} | {r['ms_per_step']:.3f} | {r['calls_per_step']:g} | "

@@ -196,7 +196,7 @@ def seed_verdicts(groups: Sequence[Group]) -> list[str]:
             name = f"{where}{curve_label(a, sizes)} vs {curve_label(b, sizes)}"
             sa, sb = a.sensitivity(), b.sensitivity()
             if len(a.lrs) < 2 or len(b.lrs) < 2:  # over one LR the sensitivity is 0 by definition
-                out.append(f"{name}: not compared (an LR sensitivity needs at least two learning rates).")
+                out.append(f"{name}: {_loss_verdict(a, b, sizes)}")
                 continue
             if sa["mean"] is None or sb["mean"] is None:
                 out.append(f"{name}: not compared ({a.note or b.note}).")
@@ -211,6 +211,24 @@ def seed_verdicts(groups: Sequence[Group]) -> list[str]:
                 out.append(f"{name}: the difference in LR sensitivity ({diff:.4f}) exceeds the seed spread "
                            f"({spread:.4f}); {lower} is the less LR-sensitive.")
     return out
+
+
+def _loss_verdict(a: Group, b: Group, sizes: Sequence[str]) -> str:
+    """Two groups of one LR each (an LR sensitivity is 0 there): their final eval losses, the difference of the
+    seed means against the seed spread (the larger of the two groups' max − min over seeds)."""
+    if a.lrs != b.lrs:
+        return "not compared (an LR sensitivity needs at least two learning rates, and their one LRs differ)."
+    ya, yb = a.capped_SxL[:, 0], b.capped_SxL[:, 0]
+    if np.isnan(ya).all() or np.isnan(yb).all():
+        return "not compared (no finished trial in one of them)."
+    diff = abs(np.nanmean(ya) - np.nanmean(yb))
+    spread = max(np.nanmax(ya) - np.nanmin(ya), np.nanmax(yb) - np.nanmin(yb))
+    head = (f"one LR ({common.fmt(a.lrs[0], 'g')}), no LR sensitivity; the difference in final eval loss "
+            f"({diff:.4f}) ")
+    if diff <= spread:
+        return head + f"is smaller than the seed spread ({spread:.4f}); these seeds do not tell the two apart."
+    lower = curve_label(a if np.nanmean(ya) < np.nanmean(yb) else b, sizes)
+    return head + f"exceeds the seed spread ({spread:.4f}); {lower} has the lower loss."
 
 
 # ---- lr_sensitivity.csv ---------------------------------------------------------------------------------------------
@@ -313,6 +331,8 @@ def _sensitivity_cell(g: Group) -> str:
     s = g.sensitivity()
     if s["mean"] is None:
         return f"⚠ – ({g.note})"
+    if len(g.lrs) < 2:
+        return "– (one LR)"
     if len(g.seeds) == 1:
         return common.fmt(s["mean"])
     return f"{s['mean']:.4f} [{s['min']:.4f}, {s['max']:.4f}] ± {s['std']:.4f}"

@@ -132,7 +132,8 @@ def seeds_markdown(groups: Sequence[lr_curves.Group], title: str, outliers: dict
                                if s in z[lr] else "" for s in g.seeds)] for lr in g.lrs if lr in z]))
         per_seed = (", ".join(f"seed {s}: {v:.4f}" for s, v in zip(g.seeds, g.sensitivity_S))
                     if g.sensitivity_S is not None else f"not computed ({g.note})")
-        out.append(f"\nLR sensitivity per seed: {per_seed}\n")
+        if len(g.lrs) > 1:  # over one LR it is 0 by definition
+            out.append(f"\nLR sensitivity per seed: {per_seed}\n")
     if not multi:
         out.append("\nEvery group has one seed: nothing to compare.\n")
     return "\n".join(out)

@@ -123,6 +123,10 @@ def test_summary_uses_device_events_and_its_categories_sum_to_the_total():
     assert s["unmapped_fraction"] == pytest.approx(4 / 44)
     assert [r["hlo_op"] for r in s["top_ops"]] == ["custom-call.2", "custom-call.1", "add.9"]
     assert s["top_ops"][0]["calls_per_step"] == 1 and s["top_ops"][0]["kernel"] == "nvjet_tst_128x256"
+    # by source: every op (not only the top 3), summed per (category, source); per category they add up
+    for c, v in s["categories"].items():
+        assert sum(r["ms_per_step"] for r in s["by_source"] if r["category"] == c) == pytest.approx(v["ms_per_step"])
+    assert [r["ms_per_step"] for r in s["by_source"]] == sorted((r["ms_per_step"] for r in s["by_source"]), reverse=True)
     # a stream kernel without hlo_op is kept under its kernel name; without device timelines (the CPU backend)
     # the host events are the ops
     bare = dict(ph="X", pid=7, tid=1, ts=0, dur=2.0, name="memcpy_d2d", args={})
@@ -142,4 +146,4 @@ def test_a_real_cpu_profile_of_the_tiny_step_is_non_empty_and_adds_up(tmp_path):
         assert cats[c] > 0, (c, cats)
     assert s["unmapped_fraction"] < 0.05
     md = ps.render_markdown(s)
-    assert "| gemm |" in md and s["top_ops"][0]["hlo_op"] in md
+    assert "| gemm |" in md and s["top_ops"][0]["hlo_op"] in md and s["by_source"][0]["source"] in md

@@ -258,6 +258,28 @@ def test_seed_verdict_only_when_difference_is_within_seed_spread(tmp_path):
     assert f"({diff:.4f}) exceeds the seed spread ({spread:.4f}); base is the less LR-sensitive" in far
 
 
+def test_one_lr_groups_compare_final_losses_against_the_seed_spread(tmp_path):
+    """A study of arms at one LR (e.g. FP8 vs BF16): no LR sensitivity (it is 0 by definition), the final eval
+    losses' seed means compared with the seed spread instead."""
+    def one_lr(name: str, a: dict, b: dict) -> tuple[str, dict]:
+        d = tmp_path / name
+        d.mkdir()
+        rows = [make_row({**extra, "optim.lr": 3e-3, "train.seed": s}, losses[s], L0_SEED[s])
+                for losses, extra in ((a, {}), (b, {"model.mlp": "swiglu"})) for s in SEEDS]
+        write_sweep(d, rows)
+        return (report.write_report(d) / "summary.md").read_text()
+
+    a = {0: 2.90, 1: 2.80, 2: 2.75}  # spread 0.15
+    near = one_lr("near", a, {0: 2.92, 1: 2.84, 2: 2.80})  # mean difference 0.0367 < 0.15
+    diff = abs(np.mean([2.90, 2.80, 2.75]) - np.mean([2.92, 2.84, 2.80]))
+    assert summary_rows(near, "LR sensitivity per group")["base"][5] == "– (one LR)"
+    assert (f"base vs mlp=swiglu: one LR (0.003), no LR sensitivity; the difference in final eval loss ({diff:.4f}) "
+            "is smaller than the seed spread (0.1500); these seeds do not tell the two apart.") in near
+    far = one_lr("far", a, {0: 3.20, 1: 3.15, 2: 3.10})  # mean difference 0.3333 > 0.15
+    diff = abs(np.mean([2.90, 2.80, 2.75]) - np.mean([3.20, 3.15, 3.10]))
+    assert f"({diff:.4f}) exceeds the seed spread (0.1500); base has the lower loss." in far
+
+
 # ---- missing trials and the paper's divergence rule -------------------------------------------------------------------
 
 
