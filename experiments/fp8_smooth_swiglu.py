@@ -29,8 +29,9 @@ Presets (`get_config(arg)`):
         700 steps after a 100-step warmup (23M tokens), diagnostics every 50 steps (14 points), 3 seeds per arm
         (each arm one batched program of 3 members). Estimate from the measured 16.5 ms BF16 step of one 9.4m run
         (FP8 ~1.2x; a member of a batched group ~1.05x): ~2.8 min of steps for the 4 x 3 members plus ~40 s
-        compilation per arm, about 5.5 minutes for all arms (not yet measured). Data: `classics` (2.7M tokens) would repeat 8.5 times; use a corpus of
-        >= 28M tokens (`--config.data.source=prepared`, benchmarks/RESULTS.md has the one we used: 0.8 epochs).
+        compilation per arm, about 5.5 minutes for all arms (the measured time is on docs/reproductions/fp8_smooth_swiglu.md). Data:
+        `classics` (2.7M tokens) would repeat 8.5 times; use a corpus of >= 16M tokens (`--config.data.source=prepared`;
+        docs/reproductions/README.md describes the one we use).
 
 What each preset can show. The paper's divergence appears after ~200B tokens at 7B; these runs see 0.2M (tiny) and
 23M (gpu) tokens, 4 orders of magnitude fewer, so neither is expected to reproduce the FP8 divergence. Both can

@@ -269,6 +269,11 @@ def _read_pieces(path: Path, chunk_chars: int = 1 << 22) -> Iterator[tuple[str, 
 
 def text(data_cfg, vocab_size: int) -> Corpus:
     """Local UTF-8 files (one document each), cached by the file list, sizes, mtimes and tokenizer."""
+    return _split_documents(data_cfg, vocab_size, prepare_text(data_cfg, vocab_size))
+
+
+def prepare_text(data_cfg, vocab_size: int) -> Path:
+    """The prepared directory of `text` (built on first use): what `data.source=prepared` reads elsewhere."""
     files = _text_files(data_cfg.text_paths)
     ident = json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
@@ -277,8 +282,7 @@ def text(data_cfg, vocab_size: int) -> Corpus:
     def documents():
         return (piece for p in files for piece in _read_pieces(p))
 
-    prepared = _prepare_documents(data_cfg, vocab_size, f"{len(files)} text file(s)", key, documents)
-    return _split_documents(data_cfg, vocab_size, prepared)
+    return _prepare_documents(data_cfg, vocab_size, f"{len(files)} text file(s)", key, documents)
 
 
 def tfds(data_cfg, vocab_size: int) -> Corpus:

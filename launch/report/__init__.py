@@ -11,7 +11,9 @@ DIR/report/:
     lr_sensitivity.csv       LR sensitivity per group, the paper's (Wortsman et al. 2023 §2; spec
                              optimizers-and-metrics §4), per seed and with its seed spread; trials finished,
                              diverged and missing per group (lr_curves.py)
-    <metric>_over_steps.png  one metric of metrics.jsonl over steps for every trial (default `loss`)
+    <metric>_over_steps.png  one metric of metrics.jsonl over steps for every trial (default `loss`); beside it
+                             <metric>_over_steps.md, its first, max and final value per group and LR (mean over
+                             seeds [min, max]) for pages to quote
     summary.md               trials, LR sensitivity and best LR per group, seed verdicts, missing and diverged
                              trials
     buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets (buckets.py)
@@ -37,6 +39,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from launch import records
 from launch.report.common import capped, metric_series, run_config, trial_loss
@@ -116,6 +120,30 @@ def metric_panels(workdir: Path, groups: list[Group], rows: list[dict]) -> dict[
     }
 
 
+def metric_table(workdir: Path, rows: list[dict], metric: str) -> str:
+    """Markdown: per group and LR, `metric` at its first logged step, its maximum and its final value, each the mean
+    over the group's seeds [min, max]; the numbers behind `<metric>_over_steps.png`, for pages to quote."""
+    cells: dict[str, dict[float, list[tuple[float, float, float]]]] = {}
+    for r in rows:
+        steps, values = common.metric_series(workdir / "trials" / r["id"], metric)
+        if len(values) and not np.isnan(values).all():
+            per_lr = cells.setdefault(common.label(common.point_items(r["overrides"])), {})
+            per_lr.setdefault(r["lr"], []).append((values[0], np.nanmax(values), values[-1]))
+    if not cells:
+        return ""
+
+    def stat(xs) -> str:
+        xs = np.asarray(xs, dtype=float)
+        return common.fmt(float(np.mean(xs)), ".4g") + (
+            f" [{np.min(xs):.4g}, {np.max(xs):.4g}]" if len(xs) > 1 else "")
+
+    body = [[group, f"{lr:g}", str(len(v)), *(stat([x[i] for x in v]) for i in range(3))]
+            for group, per_lr in cells.items() for lr, v in sorted(per_lr.items())]
+    return (f"# `{metric}` per group and LR: {workdir.name}\n\nMean over the trials (seeds) [min, max]; a diverged "
+            "trial's values end where it stopped; NaN values are skipped in the maximum.\n\n"
+            + common.md_table(["group", "lr", "trials", "first logged", "max", "final"], body))
+
+
 def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, seeds: bool = False,
                  fmt: str = "png", out: str | Path | None = None) -> Path:
     """Writes DIR/report/ (or `out`) for a sweep directory (results.jsonl) or a run directory (metrics.jsonl);
@@ -132,6 +160,8 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
         lr_curves.write_sensitivity_csv(groups, out / "lr_sensitivity.csv", definition is not None)
         lr_curves.plot_loss_vs_lr(groups, out / f"loss_vs_lr.{fmt}", path.name)
         drawn = common.plot_metric(metric_panels(path, groups, rows), metric, log_y, out / png)
+        if drawn:
+            (out / png).with_suffix(".md").write_text(metric_table(path, rows, metric))
         if seeds:
             seeds_lib.write_seeds_report(groups, out, path.name)
         sections = (

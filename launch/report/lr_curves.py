@@ -226,9 +226,17 @@ def _loss_verdict(a: Group, b: Group, sizes: Sequence[str]) -> str:
     head = (f"one LR ({common.fmt(a.lrs[0], 'g')}), no LR sensitivity; the difference in final eval loss "
             f"({diff:.4f}) ")
     if diff <= spread:
-        return head + f"is smaller than the seed spread ({spread:.4f}); these seeds do not tell the two apart."
-    lower = curve_label(a if np.nanmean(ya) < np.nanmean(yb) else b, sizes)
-    return head + f"exceeds the seed spread ({spread:.4f}); {lower} has the lower loss."
+        verdict = head + f"is smaller than the seed spread ({spread:.4f}); these seeds do not tell the two apart."
+    else:
+        lower = curve_label(a if np.nanmean(ya) < np.nanmean(yb) else b, sizes)
+        verdict = head + f"exceeds the seed spread ({spread:.4f}); {lower} has the lower loss."
+    paired = ~np.isnan(ya) & ~np.isnan(yb)
+    if a.seeds == b.seeds and paired.sum() > 1:  # a seed fixes init and data order: per-seed differences
+        d = yb[paired] - ya[paired]
+        verdict += (f" Paired by seed ({curve_label(b, sizes)} − {curve_label(a, sizes)}): "
+                    + ", ".join(f"{x:+.4f}" for x in d) + f"; mean {d.mean():+.4f}"
+                    + (", the same sign for every seed." if (d > 0).all() or (d < 0).all() else ", of mixed sign."))
+    return verdict
 
 
 # ---- lr_sensitivity.csv ---------------------------------------------------------------------------------------------

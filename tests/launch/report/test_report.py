@@ -278,6 +278,9 @@ def test_one_lr_groups_compare_final_losses_against_the_seed_spread(tmp_path):
     far = one_lr("far", a, {0: 3.20, 1: 3.15, 2: 3.10})  # mean difference 0.3333 > 0.15
     diff = abs(np.mean([2.90, 2.80, 2.75]) - np.mean([3.20, 3.15, 3.10]))
     assert f"({diff:.4f}) exceeds the seed spread (0.1500); base has the lower loss." in far
+    # the same seeds in both (same init and data order): the per-seed differences
+    assert "Paired by seed (mlp=swiglu − base): +0.0200, +0.0400, +0.0500; mean +0.0367, the same sign" in near
+    assert "Paired by seed (mlp=swiglu − base): +0.3000, +0.3500, +0.3500; mean +0.3333, the same sign" in far
 
 
 # ---- missing trials and the paper's divergence rule -------------------------------------------------------------------
@@ -337,6 +340,14 @@ def test_metric_option_log_y_and_missing_metric(tmp_path, capsys):
     report.write_report(tmp_path, "attn_max_logit/layer_0", log_y=True)
     assert (tmp_path / "report" / "attn_max_logit_layer_0_over_steps.png").exists()
     assert "attn_max_logit_layer_0_over_steps.png" in (tmp_path / "report" / "summary.md").read_text()
+    # the numbers behind the plot: first logged, max and final value per group and LR (10 * step, steps 1..20;
+    # the diverged LR 0.1 trial of each qk_norm=False group stops at step 7)
+    got = {(group, cells[0]): cells[1:] for line in
+           (tmp_path / "report" / "attn_max_logit_layer_0_over_steps.md").read_text().splitlines()
+           if line.startswith("| d_model") for group, *cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert got[("d_model=32, qk_norm=False", "0.1")] == ["1", "10", "70", "70"]
+    assert got[("d_model=64, qk_norm=True", "0.001")] == ["1", "10", "200", "200"]
+    assert len(got) == 12
     report.write_report(tmp_path, "no_such_metric")
     assert not (tmp_path / "report" / "no_such_metric_over_steps.png").exists()
     assert "no_such_metric" in capsys.readouterr().err

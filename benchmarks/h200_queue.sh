@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Session 10's H200 calls, run from the repo root on the GPU machine; writes into $OUT. One queue, called until done:
-#   BUDGET=540 bash benchmarks/h200_session10.sh JOB...   runs the JOBs in order inside BUDGET seconds; a sweep cut
-#                                                          off resumes in the next call (same warm machine)
+# The H200 work queue (from session 10 on), run from the repo root on the GPU machine; writes into $OUT:
+#   BUDGET=540 bash benchmarks/h200_queue.sh JOB...   runs the JOBs in order inside BUDGET seconds; a sweep cut off
+#                                                      resumes in the next call (same warm machine: /tmp/runs stays)
 # JOBs:
-#   fp8    experiments/fp8_smooth_swiglu.py:gpu (4 arms x 3 seeds, batched)
-#   old    experiments/output_logit_divergence.py:gpu (3 arms x 3 LRs x 3 seeds, 3 batched programs)
-#   perf   issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked loss head, the side by side at 42m
-#          and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the 151m step
-# The corpus travels compressed in gpu_data/code10 (ignored by git, carried with .whl): the Python sources of the
-# CPU machine's project venv site-packages and the pyenv Python 3.12 standard library, deduplicated by content
-# (12080 files, 176 MB), byte-level BPE 32101, 47.2M tokens; gpu_data/code10/SHA256SUMS, benchmarks/RESULTS.md.
+#   STUDY:PRESET  `launch.sweep --config=experiments/STUDY.py:PRESET --executor=batched` on the code10 corpus into
+#                 /tmp/runs/STUDY_PRESET, its directory back as STUDY_PRESET.tgz (checkpoints left out); e.g.
+#                 fp8_smooth_swiglu:gpu, output_logit_divergence:gpu, small_scale_proxies:gpu_9.4m
+#   perf          issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked loss head, the side by side
+#                 at 42m and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the step
+#   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched)
+# At most 8 files come back per call: keep a call's sweep jobs to ~6.
+# The corpus travels compressed in gpu_data/code10 (ignored by git; carry [".whl", "gpu_data"]): the Python sources
+# of the CPU machine's project venv site-packages and the pyenv Python 3.12 standard library, deduplicated by
+# content (12080 files, 176 MB), byte-level BPE 32101, 47.2M tokens; docs/reproductions/README.md says how it was
+# built, gpu_data/code10/SHA256SUMS pins it.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # the GPU image lacks ml-collections and tensorboardX, and its flax 0.12.10 predates sow(capture_noop)
@@ -54,12 +58,19 @@ perf() {
   tar czf "$OUT/perf.tgz" -C /tmp perf
 }
 
+executors() {
+  [ "$(left)" -gt 180 ] || { echo "executors: no time left"; return; }
+  timeout "$(left)" bash benchmarks/sweep_executors.sh "$OUT/executors_9.4m.jsonl" /tmp/runs $DATA 2>&1 \
+    | grep -E "wall_seconds|rror" | cut -c1-300
+}
+
 for job in "$@"; do
   case $job in
-  fp8) sweep fp8_gpu experiments/fp8_smooth_swiglu.py:gpu ;;
-  old) sweep old_gpu experiments/output_logit_divergence.py:gpu ;;
   perf) perf ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 fp8|old|perf ..." >&2; exit 2 ;;
+  executors) executors ;;
+  *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
+       sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|executors ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"
