@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 from absl import flags
 
-from launch import flops, memory
+from launch import flops, memory, progress
 from models import transformer
 
 # Assumed sustained training FLOP/s per device for the default wall-time estimate: GPU 30% MFU of the H200's
@@ -58,13 +58,6 @@ def abstract_params(cfg):
     return nnx.state(model, nnx.Param).to_pure_dict()
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
-
-
 def describe(groups: list[list[tuple[str, object]]], *, batched: bool, tokens_per_second: float = 0.0,
              n_devices: int | None = None, backend: str | None = None) -> str:
     """The plan of program groups of (trial id, validated config) pairs. `batched`: each group trains as one
@@ -96,11 +89,11 @@ def describe(groups: list[list[tuple[str, object]]], *, batched: bool, tokens_pe
             f"  params {memory.n_params(m) / 1e6:.2f}M; {per_token * tokens / 1e9:.3g} GFLOP per step per trial "
             f"({per_token / 1e6:.3g} MFLOP/token)",
             f"  {memory.summary(cfg, members=members, backend=backend, n_devices=n_devices)}",
-            f"  wall time ~{_duration(seconds)}",
+            f"  wall time ~{progress.duration(seconds)}",
         ]
     rate = (f"at {tokens_per_second:.4g} tokens/s per trial" if tokens_per_second else
             f"at an assumed {SUSTAINED_FLOPS.get(backend, SUSTAINED_FLOPS['cpu']) / 1e12:.3g} TFLOP/s per device "
             "(--tokens_per_second for a measured rate)")
-    lines.append(f"total: {total_flops:.3g} FLOPs, wall time ~{_duration(total_s)} {rate}; "
+    lines.append(f"total: {total_flops:.3g} FLOPs, wall time ~{progress.duration(total_s)} {rate}; "
                  "dry run: nothing compiled or written")
     return "\n".join(lines)

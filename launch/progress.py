@@ -40,9 +40,12 @@ def mfu(tokens_per_second: float, *, n_params: float, n_devices: int, peak_flops
     return 6.0 * n_params * tokens_per_second / (n_devices * peak_flops)
 
 
-def _eta(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`2.5d`, `1h02m`, `3m20s`, `45s`: the one way proxylab prints a duration (ETAs, plans, trial times)."""
     s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    if s >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Progress:
@@ -64,7 +67,7 @@ class Progress:
         mfu_text = "–" if mfu is None else f"{100 * mfu:.1f}%"
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss={loss:.4f}, {tokens_per_second / 1e3:.1f}k tok/s, mfu={mfu_text}, "
-                                     f"eta {_eta(eta)}", refresh=False)
+                                     f"eta {duration(eta)}", refresh=False)
             self.bar.update(step - self.bar.n)
             return
         logging.info("step %7d/%d | loss %8.4f | lr %s | %9.1fk tok/s | mfu %s | eta %6.0fs", step, self.total, loss,

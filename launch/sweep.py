@@ -53,7 +53,7 @@ import ml_collections
 from absl import logging
 
 import optim
-from launch import cli, configs, data, loop, metrics as metrics_lib, plan, records, report
+from launch import cli, configs, data, loop, metrics as metrics_lib, plan, progress, records, report
 
 MAX_SLUG = 100  # characters of a trial id before a hash replaces the rest
 
@@ -198,7 +198,7 @@ class Recorder:
 
     def line(self) -> str:
         s = self.status("running")
-        eta = "" if s["eta_seconds"] is None else f", eta {_duration(s['eta_seconds'])}"
+        eta = "" if s["eta_seconds"] is None else f", eta {progress.duration(s['eta_seconds'])}"
         return (f"{s['done']} done ({s['diverged']} diverged), {len(s['running'])} running, {s['remaining']} left"
                 + eta)
 
@@ -220,12 +220,6 @@ class Recorder:
             outcome = f"{'eval' if summary['eval_loss'] is not None else 'train'} {loss:.4f}"
         logging.info("[%d/%d] %s ... %s (%.1fs) | %s", self.n_done, self.n_trials, what, outcome,
                      summary["wall_seconds"], self.line())
-
-
-def _duration(seconds: float) -> str:
-    """`1h02m`, `3m20s`, `45s`."""
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def trial_dir(workdir: Path, trial: Trial) -> Path:

@@ -118,3 +118,9 @@ def test_failed_trials_are_neither_done_nor_remaining_and_the_sweep_goes_on(tmp_
     rec.fail(["b"])  # an executor gave up on b (e.g. after its retries); c still runs
     s = read_status(tmp_path)
     assert (s["state"], s["failed"], s["running"], s["done"], s["remaining"]) == ("running", ["a", "b"], ["c"], 1, 1)
+
+
+def test_one_duration_format():
+    from launch.progress import duration
+    assert [duration(s) for s in (0.4, 45, 200, 3599.6, 3720, 2.5 * 86400)] == ["0s", "45s", "3m20s", "1h00m", "1h02m",
+                                                                                 "2.5d"]

@@ -152,6 +152,6 @@ def test_dry_run_plan_counts():
                          n_devices=1, backend="cpu")
     assert f"{per_token * B * T / 1e9:.3g} GFLOP per step per trial" in text
     assert "group 2/2: 2 trial(s) as one program of 2 members" in text and "2 member(s)" in text
-    assert "wall time ~1.7 min" in text and "wall time ~3.3 min" in text  # 300 steps / 3 steps/s, then x2 members
+    assert "wall time ~1m40s" in text and "wall time ~3m20s" in text  # 300 steps / 3 steps/s, then x2 members
     assert "params 0.16M" in text  # launch/memory.py n_params: 164160
-    assert "total:" in text and "wall time ~5.0 min" in text
+    assert "total:" in text and "wall time ~5m00s" in text
