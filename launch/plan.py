@@ -50,6 +50,11 @@ def model_flops_per_token(cfg, n_matmul_params: int) -> float:
     )
 
 
+def config_flops_per_token(cfg) -> float:
+    """`model_flops_per_token` of `cfg`'s model, from its shapes alone."""
+    return model_flops_per_token(cfg, matmul_params(cfg, abstract_params(cfg)))
+
+
 def abstract_params(cfg):
     """The parameters' shapes (jax.ShapeDtypeStruct leaves), nothing allocated or compiled."""
     from flax import nnx

@@ -5,9 +5,9 @@ INFO line per log step, so logs stay readable. tqdm, not rich: it is one small p
 its own, its bar writes to stderr beside absl's log lines without taking over the terminal, and it is what JAX
 and Hugging Face training scripts already show.
 
-MFU here is the quick estimate 6 · N · tokens/s / (devices · peak) (Kaplan et al. 2020 §2.1; N = every parameter),
-shown where the device's dense BF16 peak is known (PEAK_FLOPS) and `–` elsewhere (CPU). launch/flops.py has the
-exact count (matmul parameters only, plus the attention term) that the throughput benchmarks and --dry_run report.
+MFU is launch/flops.py's count, the one the throughput benchmarks and --dry_run report (6 · N_matmul + the
+attention term, per token) · tokens/s / (devices · peak), shown where the device's dense BF16 peak is known
+(PEAK_FLOPS) and `–` elsewhere (CPU).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ def device_peak() -> tuple[float | None, int]:
     return PEAK_FLOPS.get(devices[0].device_kind), len(devices)
 
 
-def mfu(tokens_per_second: float, *, n_params: float, n_devices: int, peak_flops: float | None) -> float | None:
-    """6 · N · tokens/s over n_devices · peak; None without a known peak."""
+def mfu(tokens_per_second: float, *, flops_per_token: float, n_devices: int, peak_flops: float | None) -> float | None:
+    """Model FLOP/s over n_devices · peak; None without a known peak."""
     if peak_flops is None:
         return None
-    return 6.0 * n_params * tokens_per_second / (n_devices * peak_flops)
+    return flops_per_token * tokens_per_second / (n_devices * peak_flops)
 
 
 def duration(seconds: float) -> str:
@@ -70,8 +70,8 @@ class Progress:
                                      f"eta {duration(eta)}", refresh=False)
             self.bar.update(step - self.bar.n)
             return
-        logging.info("step %7d/%d | loss %8.4f | lr %s | %9.1fk tok/s | mfu %s | eta %6.0fs", step, self.total, loss,
-                     "–" if lr is None else f"{lr:.2e}", tokens_per_second / 1e3, mfu_text, eta)
+        logging.info("step %7d/%d | loss %8.4f | lr %s | %9.1fk tok/s | mfu %s | eta %s", step, self.total, loss,
+                     "–" if lr is None else f"{lr:.2e}", tokens_per_second / 1e3, mfu_text, duration(eta))
 
     def close(self) -> None:
         if self.bar is not None:

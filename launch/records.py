@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from launch import configs, evaluation, metrics as metrics_lib, progress, step as step_lib
+from launch import configs, evaluation, metrics as metrics_lib, plan, progress, step as step_lib
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -158,6 +158,7 @@ class RunRecord:
         show = self.verbose and cfg.train.progress
         self.progress = progress.Progress(self.total, start) if show else None  # a bar on a terminal, else lines
         self.peak = progress.device_peak() if show else (None, 1)
+        self.flops_per_token = plan.config_flops_per_token(cfg) if self.peak[0] else 0.0  # MFU where a peak is known
 
     def _open_writer(self, step: int, data_offset: int) -> metrics_lib.MetricWriter:
         """The metrics writer of a (re)start at `step`: the rows of later steps, abandoned, are dropped, except the
@@ -208,7 +209,8 @@ class RunRecord:
         self.writer.write(s, {**r, "ce_mean": np.mean(self.last_window), "tokens_per_second": tok_s})
         if self.progress is not None:
             eta = (self.total - s) * (now - self.t_start) / max(s - self.start, 1)
-            mfu = progress.mfu(tok_s, n_params=self.n_params, n_devices=self.peak[1], peak_flops=self.peak[0])
+            mfu = progress.mfu(tok_s, flops_per_token=self.flops_per_token, n_devices=self.peak[1],
+                               peak_flops=self.peak[0])
             self.progress.update(s, loss=float(r["loss"]), lr=float(r["lr"]), tokens_per_second=tok_s, mfu=mfu, eta=eta)
         if self.diverged_at is not None and self.verbose:
             logging.info("%s: diverged at step %d (loss %.4g non-finite or CE above %.4g)", self.workdir, s,

@@ -105,9 +105,17 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(capsys, caplog)
     assert "10/20" in text and "loss=3.2500" in text and "mfu=12.5%" in text and "\r" in text
 
 
-def test_mfu_uses_six_n_flops_per_token_and_the_device_peak():
-    assert progress.mfu(1000.0, n_params=1e6, n_devices=2, peak_flops=1e12) == pytest.approx(6e9 / 2e12)
-    assert progress.mfu(1000.0, n_params=1e6, n_devices=1, peak_flops=None) is None
+def test_mfu_uses_the_flops_count_of_the_benchmarks_and_the_device_peak():
+    assert progress.mfu(1000.0, flops_per_token=6e6, n_devices=2, peak_flops=1e12) == pytest.approx(6e9 / 2e12)
+    assert progress.mfu(1000.0, flops_per_token=6e6, n_devices=1, peak_flops=None) is None
+    # the count is launch/flops.py's (matmul parameters, not the embedding table, plus attention), from the shapes
+    from experiments import base
+    from launch import plan
+    cfg = base.get_config("tiny")
+    d, L, V, T, f = cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size, cfg.data.seq_len, cfg.model.d_ff or 4 * cfg.model.d_model
+    n_matmul = L * (4 * d * d + 2 * d * f) + d * V  # q, k, v, o; fc1, fc2; the untied head
+    attention = L * cfg.model.n_heads * 12 * (d // cfg.model.n_heads) * (T + 1) / 2  # causal: (T + 1) / 2 keys
+    assert plan.config_flops_per_token(cfg) == pytest.approx(6 * n_matmul + attention)
 
 
 def test_failed_trials_are_neither_done_nor_remaining_and_the_sweep_goes_on(tmp_path):
