@@ -9,6 +9,8 @@
 #   perf          issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked loss head, the side by side
 #                 at 42m and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the step
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched)
+#   profiles      issue 15: profiles (with the time by source) of the 151m and 42m steps and of the 9.4m LSSAR step
+#                 (key_chunk 128, T 512), and 302m / 1.2b trained at batch 256 (remat, token-chunked loss)
 # At most 8 files come back per call: keep a call's sweep jobs to ~6.
 # The corpus travels compressed in gpu_data/code10 (ignored by git; carry [".whl", "gpu_data"]): the Python sources
 # of the CPU machine's project venv site-packages and the pyenv Python 3.12 standard library, deduplicated by
@@ -58,6 +60,26 @@ perf() {
   tar czf "$OUT/perf.tgz" -C /tmp perf
 }
 
+profiles() {
+  local P=/tmp/profiles; mkdir -p $P
+  prof() {  # prof LABEL ARGS...: one profile_step run, skipped when done or out of time
+    local label=$1; shift; local f=${label//\//_}
+    [ -f $P/$f.md ] || [ "$(left)" -lt 150 ] && return
+    timeout 150 python3 -m benchmarks.profile_step "$@" --steps=3 --warmup=2 --label=$label --trace_dir=/tmp/tr_$f \
+      --out_json=$P/$f.json --out_md=$P/$f.md > $P/$f.log 2>&1; tail -1 $P/$f.log; head -12 $P/$f.md
+  }
+  prof 151m/logits_bf16 --config=experiments/base.py:151m --config.model.logits_dtype=bfloat16
+  prof 42m/logits_bf16 --config=experiments/base.py:42m --config.model.logits_dtype=bfloat16
+  prof 9.4m/b64/softplus_k128 --config=experiments/base.py:9.4m --config.data.batch_size=64 --config.model.qk_norm=False \
+    --config.model.attention=softplus --config.model.softplus.key_chunk=128
+  T="python3 -m benchmarks.throughput --steps=5 --warmup=2 --out=$P/sizes.jsonl --config.model.remat=True --config.model.loss_chunk=128"
+  for size in 302m 1.2b; do
+    grep -q "\"$size/remat_chunk\"" $P/sizes.jsonl 2>/dev/null || [ "$(left)" -lt 200 ] || \
+      timeout 200 $T --config=experiments/base.py:$size --label=$size/remat_chunk 2>&1 | tail -1 | cut -c1-240
+  done
+  tar czf "$OUT/profiles.tgz" -C /tmp profiles
+}
+
 executors() {
   [ "$(left)" -gt 180 ] || { echo "executors: no time left"; return; }
   timeout "$(left)" bash benchmarks/sweep_executors.sh "$OUT/executors_9.4m.jsonl" /tmp/runs $DATA 2>&1 \
@@ -68,9 +90,10 @@ for job in "$@"; do
   case $job in
   perf) perf ;;
   executors) executors ;;
+  profiles) profiles ;;
   *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
        sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|executors ..." >&2; exit 2 ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|executors|profiles ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"
