@@ -204,13 +204,23 @@ def seed_verdicts(groups: Sequence[Group]) -> list[str]:
             diff = abs(sa["mean"] - sb["mean"])
             spread = max(sa["max"] - sa["min"], sb["max"] - sb["min"])
             if diff <= spread:
-                out.append(f"{name}: the difference in LR sensitivity ({diff:.4f}) is smaller than the seed spread "
-                           f"({spread:.4f}); these seeds do not tell the two apart.")
+                line = (f"{name}: the difference in LR sensitivity ({diff:.4f}) is smaller than the seed spread "
+                        f"({spread:.4f}); these seeds do not tell the two apart.")
             else:
                 lower = curve_label(a if sa["mean"] < sb["mean"] else b, sizes)
-                out.append(f"{name}: the difference in LR sensitivity ({diff:.4f}) exceeds the seed spread "
-                           f"({spread:.4f}); {lower} is the less LR-sensitive.")
+                line = (f"{name}: the difference in LR sensitivity ({diff:.4f}) exceeds the seed spread "
+                        f"({spread:.4f}); {lower} is the less LR-sensitive.")
+            if a.seeds == b.seeds:  # a seed fixes init and data order: the per-seed differences
+                line += " " + _paired(b.sensitivity_S - a.sensitivity_S, curve_label(b, sizes), curve_label(a, sizes))
+            out.append(line)
     return out
+
+
+def _paired(d: np.ndarray, b: str, a: str) -> str:
+    """`Paired by seed (b − a): +0.1, +0.2; mean +0.15, the same sign for every seed.`"""
+    same = (d > 0).all() or (d < 0).all()
+    return (f"Paired by seed ({b} − {a}): " + ", ".join(f"{x:+.4f}" for x in d) + f"; mean {d.mean():+.4f}, "
+            + ("the same sign for every seed." if same else "of mixed sign."))
 
 
 def _loss_verdict(a: Group, b: Group, sizes: Sequence[str]) -> str:
@@ -232,10 +242,7 @@ def _loss_verdict(a: Group, b: Group, sizes: Sequence[str]) -> str:
         verdict = head + f"exceeds the seed spread ({spread:.4f}); {lower} has the lower loss."
     paired = ~np.isnan(ya) & ~np.isnan(yb)
     if a.seeds == b.seeds and paired.sum() > 1:  # a seed fixes init and data order: per-seed differences
-        d = yb[paired] - ya[paired]
-        verdict += (f" Paired by seed ({curve_label(b, sizes)} − {curve_label(a, sizes)}): "
-                    + ", ".join(f"{x:+.4f}" for x in d) + f"; mean {d.mean():+.4f}"
-                    + (", the same sign for every seed." if (d > 0).all() or (d < 0).all() else ", of mixed sign."))
+        verdict += " " + _paired(yb[paired] - ya[paired], curve_label(b, sizes), curve_label(a, sizes))
     return verdict
 
 

@@ -249,6 +249,8 @@ def test_seed_verdict_only_when_difference_is_within_seed_spread(tmp_path):
                 f"spread ({spread:.4f})")
     assert f"d_model=32: {sentence}" in near and f"d_model=64: {sentence}" in near  # a sentence per size
     assert "d_model=32 vs" not in near and near.count("- ") == 2  # never across sizes
+    paired = [np_sensitivity(QK[k], L0_SEED[k]) - np_sensitivity(BASE[k], L0_SEED[k]) for k in SEEDS]  # same seeds
+    assert ("Paired by seed (qk_norm=True − base): " + ", ".join(f"{x:+.4f}" for x in paired)) in near
 
     steep = {s: tuple(x + 3.0 * j for j, x in enumerate(QK[s])) for s in SEEDS}  # loss rises steeply with the LR
     far, s = verdicts("far", QK, steep)
