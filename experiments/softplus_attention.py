@@ -35,16 +35,18 @@ Presets (`get_config(arg)`; the config is LSSAR p = 15):
         `model.softplus.key_chunk` = 128: no [B, H, T, T] weights) at LR 3e-3 (page 1's best 9.4m LR without
         qk-layernorm) x 3 seeds = 6 trials: 2 programs of 3. Diagnostics every 35 steps (20 points a run) on
         `train.diag_rows` = 16 rows; eval every 175 steps. The length claim is then `launch.eval_length` on
-        each finished trial at 512, 1024, 2048, 4096 (1x, 2x, 4x, 8x the training length), batch 8:
+        each finished trial at 512, 1024, 2048, 4096 (1x, 2x, 4x, 8x the training length), 16 batches of 16
+        sequences (131k tokens at 1x, 1.05M at 8x, of code10's 2.36M eval tokens):
             for t in DIR/trials/*/; do python3 -m launch.eval_length --workdir=$t \
-              --lengths=512,1024,2048,4096 --batch_size=8 --batches=16; done
+              --lengths=512,1024,2048,4096 --batch_size=16 --batches=16; done
         Tokens: 700 x 64 x 512 = 22.9M a run = 0.51 epochs of code10's 44.86M training tokens.
         Time (H200, bf16; measured 9.4m steps at 64 x 512: softmax 16.5 ms, LSSAR with key_chunk 128 2.2x =
         36.3 ms; a member-step 1.05x): steps 3 x 700 x (17.3 + 38.1) ms = 116 s, 20 diagnostic steps of ~3
         member-steps 10 s, ~55 s a program of compilation, evals and checkpoints: ~236 s = ~4 minutes for the
         sweep. eval_length (not measured): ~50 s for an arm's first trial (process start, restore, 4 eval
-        compilations; an LSSAR forward at 8 x 4096 is ~45 ms, a third of its 131 ms train step) and ~20 s for
-        the others (the compilation cache hits): ~3 minutes. Together ~7 minutes.
+        compilations; 16 LSSAR forwards of 16 x 4096 at ~90 ms, twice a third of its 131 ms train step at
+        8 x 4096, are ~1.5 s) and ~20 s for the others (the compilation cache hits): 2 x 50 + 4 x 20 s = ~3
+        minutes. Together ~7 minutes.
         Deviations beyond the gpu preset's: the 9.4m shape instead of GPT-2 small, training length 512 instead
         of 1024 (so 8x is 4096, not 8192), batch 64 instead of 128, 700 steps instead of 10k (warmup scaled
         alike), one LR instead of 4, two arms (softmax, LSSAR p = 15) instead of 4 (LSSAR p = 3 and LSSA left out).

@@ -77,7 +77,8 @@ def test_slice_keeps_the_gpu_recipe(name):
     baselines = [f for o, f in slice_rows if all(o.get(k, f[k]) == v for k, v in module.BASELINE.items())]
     assert baselines, f"{name}:gpu_slice has no trial of its BASELINE {module.BASELINE}"
     for overrides, f in slice_rows:
-        assert {k: f[k] for k in recipe if k not in overrides} == {k: v for k, v in recipe.items() if k not in overrides}
+        kept = {k: v for k, v in recipe.items() if k not in overrides}  # what an arm changes, it names
+        assert {k: f[k] for k in kept} == kept
         gpu = rows(module, "gpu")[0][1]  # the warmup keeps the gpu preset's fraction of the steps (1000 of 10k)
         assert f["optim.warmup_steps"] * gpu["train.steps"] == gpu["optim.warmup_steps"] * f["train.steps"]
     for f in baselines:
@@ -111,7 +112,8 @@ def test_slice_logs_its_pages_diagnostics_at_ten_points_or_more(name):
         assert set(NEEDED[name]) <= names, (overrides, set(NEEDED[name]) - names)
     if name == "ls_attention":
         ls = configs.apply_overrides(cfg0, {"model.attention": "ls"})
-        assert {"attn_max_logit_global/layer_0", "attn_max_logit_local/layer_0"} <= set(probes.diagnostic_names(ls.model))
+        groups = {"attn_max_logit_global/layer_0", "attn_max_logit_local/layer_0"}
+        assert groups <= set(probes.diagnostic_names(ls.model))
     if name == "sigma_reparam":
         assert any(n.startswith("gamma_over_sigma/") for n in probes.diagnostic_names(cfg0.model))
 
