@@ -25,19 +25,39 @@ Presets (`get_config(arg)`; the config is the LS model, the sweep puts MHSA besi
         batch through the fused kernel), every block is rematerialised, and a group's 18 members (6 LRs x 3
         seeds) train as programs of `train.max_members` = 2, ~84 GiB each. What the study measures (the max
         logit per layer and head group at T = 4096, the loss over the LR grid) is unchanged.
+        Paper scale: 1.31B tokens a run (29 epochs of code10), 36 runs: not one session.
+  gpu_slice  what one H200 session runs (docs/reproductions/ls_attention.md): the 9.4m ladder shape (d=512,
+        3 layers, 8 heads of 64: 1 global + 7 local with window 100) at length 4096, batch 8 x 4096 = 32,768
+        tokens, 800 steps after an 80-step warmup (the gpu preset's 10 %), MHSA and LS x LR {1e-3, 1e-2, 1e-1}
+        x 3 seeds = 18 trials: 2 programs of 9 (`train.max_members` = 9, ~95 GiB each by launch/memory.py; at
+        this size no remat). Diagnostics every 40 steps (20 points a run), their explicit float32 [B, H, T, T]
+        attention on `train.diag_rows` = 2 rows; eval every 200 steps.
+        Tokens: 800 x 8 x 4096 = 26.2M a run = 0.58 epochs of code10's 44.86M training tokens.
+        Time (H200, bf16, cuDNN; the 9.4m step at 8 x 4096 is 18.8 ms for softmax, LS's sliding window costs
+        no more; a member-step 1.05x): a program is 9 x 800 x 19.7 ms = 142 s of steps + 20 diagnostic steps of
+        ~3 member-steps (11 s) + ~55 s of compilation, evals and checkpoints = ~208 s; two: ~416 s = ~7 minutes.
+        Deviations beyond the gpu preset's: the 9.4m shape (3 layers, 1 + 7 heads) instead of GPT-2 small
+        (12 layers, 1 + 11 heads), batch 8 instead of 32 sequences, 800 steps instead of 10k (warmup scaled
+        alike), 3 LRs instead of 6, a decade apart (page 1's 9.4m baseline without qk-layernorm grew its max
+        logit to 1e3-1e8 at every LR >= 1e-2, at T = 512 with fan_in init and z-loss: 1e-3 lies below that).
 
 Sweep: model.attention in {softmax, ls} x the LR grid. Diagnostics (train.diag_every) log attn_max_logit/layer_i
 for both arms and attn_max_logit_{global,local}/layer_i for ls.
 
     python -m launch.sweep --config=experiments/ls_attention.py:tiny --workdir=runs/ls_attention_tiny
+    python3 -m launch.sweep --config=experiments/ls_attention.py:gpu_slice --workdir=/tmp/runs/ls_attention \
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
 """
 
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-LRS = {"tiny": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
+PRESETS = ("tiny", "gpu", "gpu_slice")
+LRS = {"tiny": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+       "gpu_slice": (1e-3, 1e-2, 1e-1)}
+SLICE_STEPS = 800  # gpu_slice: steps of 8 x 4096 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 1.0, "model.qk_norm": False,
     "optim.warmup_steps": 1000, "model.init": "gpt2", "optim.eps": 1e-8,
@@ -46,7 +66,16 @@ BASELINE = {"model.attention": "softmax"}  # the arm that RECIPE describes
 
 
 def get_config(arg: str | None = None):
-    preset = arg or "tiny"
+    preset = base.preset_name(arg, PRESETS)
+    if preset == "gpu_slice":
+        c = base.variant_study("gpu", gpu_size="9.4m")
+        c.model.ls.update(n_global=1, window=100)
+        c.data.update(seq_len=4096, batch_size=8)
+        c.optim.warmup_steps = SLICE_STEPS // 10
+        c.train.update(steps=SLICE_STEPS, log_every=10, eval_every=200, eval_batches=16, diag_every=40,
+                       diag_rows=2, ckpt_every=400, max_members=9)
+        c.model.update(attention="ls", init="gpt2")
+        return c
     c = base.variant_study(preset, gpu_size="85m")
     if preset == "tiny":
         c.model.n_heads = 4
@@ -62,5 +91,6 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    preset = arg or "tiny"
-    return product(**{"model.attention": ["softmax", "ls"]}, lr=LRS[preset], **seed_axis(preset))
+    preset = base.preset_name(arg, PRESETS)
+    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    return product(**{"model.attention": ["softmax", "ls"]}, lr=LRS[preset], **seed)

@@ -23,20 +23,41 @@ Presets (`get_config(arg)`; the config is the MLRA model at the first depth):
         10k steps, warmup 1k, 3 seeds per point. Memory (launch/memory.py): at depth 48 one member's activations
         are ~190 GiB, so every block is rematerialised (~52 GiB a member) and a group's 12 members (4 LRs x 3
         seeds) train as programs of `train.max_members` = 2 (~105 GiB each).
+        Paper scale: 1.31B tokens a run (29 epochs of code10), 144 runs: not one session.
+  gpu_slice  what one H200 session runs (docs/reproductions/mlra.md): the 2.4m ladder width (d=256, 4 heads of
+        64, vocab 32101) at depths 3 and 12 (the paper's 4x, 12 -> 48), batch 64 x 512, 500 steps after a
+        50-step warmup (the gpu preset's 10 %), vanilla vs MLRA (Scaled Embed and Embed LN left out) at LR 1e-2
+        (the top of the gpu grid, where spikes are likeliest) x 3 seeds = 12 trials: 4 programs of 3 (arm x
+        depth; ~35 GiB each at depth 12 by launch/memory.py, no remat). Diagnostics every 25 steps (20 points a
+        run: tev_mu, tev_sigma, ...) on `train.diag_rows` = 16 rows; eval every 125 steps.
+        Tokens: 500 x 64 x 512 = 16.4M a run = 0.37 epochs of code10's 44.86M training tokens.
+        Time (H200, bf16, cuDNN): depth 3 is the measured 2.4m step, 10.1 ms; depth 12 is not measured: from
+        the 2.4m step's FLOPs (66 MFLOP/token, 74 % of them the head) we put the head at ~4 ms and a d=256 layer
+        at ~2 ms, so ~28 ms (pessimistic: FLOPs alone give 18 ms); MLRA +4 %; a member-step 1.05x. Steps: 3 x 500
+        x (10.6 + 29.8) ms x 1.02 (MLRA) x 2 arms = ~124 s; 20 diagnostic steps of ~3 member-steps: ~10 s;
+        compilation, evals, checkpoints: ~55 s a depth-3 program, ~90 s a depth-12 one (its 12 unrolled blocks
+        compile longer) = ~290 s. Total ~425 s = ~7 minutes.
+        Deviations beyond the gpu preset's: width 256 instead of 768, depths 3 / 12 instead of 12 / 24 / 48,
+        length 512 and batch 64 instead of 1024 and 128, 500 steps instead of 10k (warmup scaled alike), one LR
+        instead of 4, two arms instead of 4.
 
 Sweep: arm (vanilla | mlra | scaled_embed | embed_ln) x model.n_layers x the LR grid. Diagnostics log tev_mu,
 tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's tokens) every train.diag_every steps.
 
     python -m launch.sweep --config=experiments/mlra.py:tiny --workdir=runs/mlra_tiny
+    python3 -m launch.sweep --config=experiments/mlra.py:gpu_slice --workdir=/tmp/runs/mlra --executor=batched \
+      --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
 """
 
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-DEPTHS = {"tiny": (2, 4, 8), "gpu": (12, 24, 48)}
-LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (3e-4, 1e-3, 3e-3, 1e-2)}
+PRESETS = ("tiny", "gpu", "gpu_slice")
+DEPTHS = {"tiny": (2, 4, 8), "gpu": (12, 24, 48), "gpu_slice": (3, 12)}
+LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (3e-4, 1e-3, 3e-3, 1e-2), "gpu_slice": (1e-2,)}
+SLICE_STEPS = 500  # gpu_slice: steps of 64 x 512 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 1.0, "model.qk_norm": False,
     "optim.warmup_steps": 1000, "model.init": "gpt2", "optim.eps": 1e-8,
@@ -48,11 +69,19 @@ ARMS = {
     "scaled_embed": {"model.attention": "softmax", "model.embed_scale": "scaled"},
     "embed_ln": {"model.attention": "softmax", "model.embed_scale": "layernorm"},
 }
+PRESET_ARMS = {"tiny": tuple(ARMS), "gpu": tuple(ARMS), "gpu_slice": ("vanilla", "mlra")}
 
 
 def get_config(arg: str | None = None):
-    preset = arg or "tiny"
-    c = base.variant_study(preset, gpu_size="85m")
+    preset = base.preset_name(arg, PRESETS)
+    if preset == "gpu_slice":
+        c = base.variant_study("gpu", gpu_size="2.4m")
+        c.data.batch_size = 64
+        c.optim.warmup_steps = SLICE_STEPS // 10
+        c.train.update(steps=SLICE_STEPS, log_every=10, eval_every=125, eval_batches=16, diag_every=25,
+                       diag_rows=16, ckpt_every=250, max_members=3)
+    else:
+        c = base.variant_study(preset, gpu_size="85m")
     if preset == "gpu":
         c.data.update(seq_len=1024, batch_size=128)
         c.model.remat = True
@@ -63,5 +92,7 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    preset = arg or "tiny"
-    return product(arm=list(ARMS.values()), **{"model.n_layers": DEPTHS[preset]}, lr=LRS[preset], **seed_axis(preset))
+    preset = base.preset_name(arg, PRESETS)
+    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    return product(arm=[ARMS[a] for a in PRESET_ARMS[preset]], **{"model.n_layers": DEPTHS[preset]}, lr=LRS[preset],
+                   **seed)

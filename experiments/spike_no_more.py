@@ -23,18 +23,38 @@ Presets (`get_config(arg)`; the config is Scaled Embed):
         grid reaches 2-4x the usual Megatron LR; 3 seeds per point. Memory (launch/memory.py): ~87 GiB a member,
         so every block is rematerialised (~46 GiB) and a group's 15 members (5 LRs x 3 seeds) train as programs
         of `train.max_members` = 2 (~92 GiB each).
+        Paper scale: 1.31B tokens a run (29 epochs of code10), 45 runs: not one session.
+  gpu_slice  what one H200 session runs (docs/reproductions/spike_no_more.md): the 9.4m ladder shape (d=512,
+        3 layers, 8 heads of 64, vocab 32101; init=small gives Vanilla std(x0) = sqrt(2/(5·512)) = 0.028 and
+        Scaled Embed 0.63, the paper's values), batch 64 x 512, 700 steps after a 70-step warmup (the gpu
+        preset's 10 %), Vanilla / Scaled Embed / Embed LN x LR {1e-2, 3e-2} (the gpu grid's two highest, where
+        the spikes are claimed) x 3 seeds = 18 trials: 3 programs of 6 (~63 GiB each by launch/memory.py, no
+        remat). Metrics every 5 steps (140 rows: loss, grad_norm for the spike count), diagnostics every 35
+        steps (20 points a run) on `train.diag_rows` = 16 rows, eval every 175 steps.
+        Tokens: 700 x 64 x 512 = 22.9M a run = 0.51 epochs of code10's 44.86M training tokens.
+        Time (H200, bf16, cuDNN; the 9.4m step at 64 x 512 is 16.5 ms, the embedding options cost <= 2 %, a
+        member-step 1.05x): a program is 6 x 700 x 17.3 ms = 73 s of steps + 20 diagnostic steps of ~3
+        member-steps (6 s) + ~55 s of compilation, evals and checkpoints = ~134 s; three: ~402 s = ~7 minutes.
+        Component-wise clipping (Yang & Ma) is the same command with --config.optim.clip_mode=component: a
+        second run of the same ~7 minutes, not part of this one.
+        Deviations beyond the gpu preset's: the 9.4m shape instead of 151m, batch 64 instead of 256, 700 steps
+        instead of 10k (warmup scaled alike), 2 LRs instead of 5.
 
 Sweep: model.embed_scale in {none, scaled, layernorm} x the LR grid.
 
     python -m launch.sweep --config=experiments/spike_no_more.py:tiny --workdir=runs/spike_no_more_tiny
+    python3 -m launch.sweep --config=experiments/spike_no_more.py:gpu_slice --workdir=/tmp/runs/spike_no_more \
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
 """
 
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-LRS = {"tiny": (3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)}
+PRESETS = ("tiny", "gpu", "gpu_slice")
+LRS = {"tiny": (3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "gpu_slice": (1e-2, 3e-2)}
+SLICE_STEPS = 700  # gpu_slice: steps of 64 x 512 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 EMBED_SCALES = ("none", "scaled", "layernorm")
 RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 1.0, "model.qk_norm": False,
@@ -44,14 +64,23 @@ BASELINE = {"model.embed_scale": "none"}  # the arm that RECIPE describes (Vanil
 
 
 def get_config(arg: str | None = None):
-    c = base.variant_study(arg or "tiny", gpu_size="151m")
+    preset = base.preset_name(arg, PRESETS)
+    if preset == "gpu_slice":
+        c = base.variant_study("gpu", gpu_size="9.4m")
+        c.data.batch_size = 64
+        c.optim.warmup_steps = SLICE_STEPS // 10
+        c.train.update(steps=SLICE_STEPS, log_every=5, eval_every=175, eval_batches=16, diag_every=35,
+                       diag_rows=16, ckpt_every=350, max_members=6)
+    else:
+        c = base.variant_study(preset, gpu_size="151m")
     c.model.update(init="small", embed_scale="scaled")
-    if arg == "gpu":
+    if preset == "gpu":
         c.model.remat = True
         c.train.max_members = 2
     return c
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    preset = arg or "tiny"
-    return product(**{"model.embed_scale": list(EMBED_SCALES)}, lr=LRS[preset], **seed_axis(preset))
+    preset = base.preset_name(arg, PRESETS)
+    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    return product(**{"model.embed_scale": list(EMBED_SCALES)}, lr=LRS[preset], **seed)
