@@ -6,7 +6,8 @@
 #   STUDY:PRESET  `launch.sweep --config=experiments/STUDY.py:PRESET --executor=batched` on the code10 corpus into
 #                 /tmp/runs/STUDY_PRESET, its directory back as STUDY_PRESET.tgz (checkpoints left out); e.g.
 #                 fp8_smooth_swiglu:gpu, output_logit_divergence:gpu, small_scale_proxies:gpu_9.4m
-#   perf          issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked loss head, the side by side
+#   perf          issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked / fused-CE loss head (and the
+#                 fused CE in a 9.4m group of 7), the side by side
 #                 at 42m and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the step
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched)
 #   profiles      issue 15: profiles (with the time by source) of the 151m and 42m steps and of the 9.4m LSSAR step
@@ -48,6 +49,10 @@ perf() {
     $T --label=151m/logits_f32 2>&1 | tail -1 | cut -c1-200
     $T --config.model.logits_dtype=bfloat16 --label=151m/logits_bf16 2>&1 | tail -1 | cut -c1-200
     $T --config.model.loss_chunk=128 --label=151m/loss_chunk128 2>&1 | tail -1 | cut -c1-200
+    $T --config.model.logits_dtype=bfloat16 --config.model.fused_ce=True --label=151m/logits_bf16_fused_ce 2>&1 | tail -1 | cut -c1-200
+    B="timeout 100 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/head.jsonl --config=experiments/base.py:9.4m --config.data.batch_size=64 --members=7"
+    $B --label=9.4m/b64/m7 2>&1 | tail -1 | cut -c1-200
+    $B --config.model.fused_ce=True --label=9.4m/b64/m7/fused_ce 2>&1 | tail -1 | cut -c1-200
     touch $P/head.done; }
   [ "$(left)" -gt 200 ] && [ ! -f $P/sbs.done ] && {
     python3 -m benchmarks.side_by_side --out=$P/side_by_side.jsonl --sizes=42m,151m --steps=10 --warmup=3 --timeout=150 \

@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     #                   float32 logits never exist for the whole batch; diagnostic passes use the full logits
     m.pad_vocab_to = 128  # (int >= 1; 1 = off) the loss's head matmul runs over V rounded up to this multiple (GPU
     #                       GEMM tiles), the padded logits masked to -inf; the head param stays [d, V]
+    m.fused_ce = False  # (bool) the training loss's cross-entropy as one pass each way (models/transformer.py
+    #                     `fused_token_ce`: an online log-sum-exp forward, one elementwise backward) instead of XLA's
+    #                     reductions; same values up to summation order; off until the H200 measures it faster
 
     # stability levers of issue 16 (models/; each off by default and free when off: tests/models/test_levers.py)
     m.mup = False  # (bool) μParam (simple) (Wortsman et al. 2023): embedding init N(0, 1/mup_base_width), every

@@ -19,6 +19,8 @@ padded to a GEMM-friendly width; never the full [B, T, V] float32 logits with ch
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -102,7 +104,7 @@ class Transformer(nnx.Module):
         )
         self.remat = cfg.remat
         self.logits_dtype = jnp.dtype(cfg.logits_dtype)
-        self.vocab_size, self.loss_chunk = cfg.vocab_size, cfg.loss_chunk
+        self.vocab_size, self.loss_chunk, self.fused_ce = cfg.vocab_size, cfg.loss_chunk, cfg.fused_ce
         self.padded_vocab = padded_vocab(cfg)
         if cfg.loss_chunk and "head" in fp8.targets(cfg):
             raise ValueError(
@@ -162,7 +164,9 @@ class Transformer(nnx.Module):
         full logits of `__call__`, then `lm_loss`. Both give the same loss and gradients up to float rounding
         (tests/models/test_chunked_loss.py states the tolerances). AGG's `head_gate` takes the reference path too.
         """
-        if diagnostics or head_gate is not None or not (self.loss_chunk or self.padded_vocab > self.vocab_size):
+        if diagnostics or head_gate is not None or not (
+            self.loss_chunk or self.fused_ce or self.padded_vocab > self.vocab_size
+        ):
             logits_BxTxV, diag = self(tokens_BxT, diagnostics, head_gate)
             return (*lm_loss(logits_BxTxV, targets_BxT, z_loss, diagnostics), diag)
         x_BxTxD, diag = self.features(tokens_BxT)
@@ -172,7 +176,7 @@ class Transformer(nnx.Module):
         w_DxV = jnp.pad(w_DxV, ((0, 0), (0, self.padded_vocab - self.vocab_size)))
         loss, metrics = chunked_lm_loss(
             lambda x: self.capped(self.head_matmul(x, w_DxV)), x_BxTxD, targets_BxT, z_loss, self.loss_chunk,
-            self.vocab_size,
+            self.vocab_size, fused=self.fused_ce,
         )
         return loss, metrics, diag
 
@@ -291,7 +295,8 @@ def lm_loss(
 
 
 def chunked_lm_loss(
-    logits_fn, x_BxTxD: jax.Array, targets_BxT: jax.Array, z_loss: float, chunk: int, vocab_size: int
+    logits_fn, x_BxTxD: jax.Array, targets_BxT: jax.Array, z_loss: float, chunk: int, vocab_size: int,
+    fused: bool = False,
 ) -> tuple[jax.Array, dict]:
     """`lm_loss` of the logits `logits_fn(x)` without the [B, T, V] float32 logits of the whole batch.
 
@@ -304,17 +309,21 @@ def chunked_lm_loss(
     in large-vocabulary language models", in jnp). A `chunk` that does not divide T pads the last chunk with
     positions of weight 0. `chunk` = 0: one chunk. Equal to `lm_loss` up to the order of the sums, except that
     each chunk's head-kernel gradient is formed in the matmul's dtype before the sum over chunks (bf16 compute:
-    bf16-rounded partials summed in float32 where the reference rounds the whole sum once).
+    bf16-rounded partials summed in float32 where the reference rounds the whole sum once). `fused`: each
+    chunk's CE by `fused_token_ce`.
     """
     B, T, D = x_BxTxD.shape
 
     def sums(x_BxCxD, t_BxC, weight_C):
         logits = logits_fn(x_BxCxD)
-        logits = logits.astype(loss_dtype(logits))
-        if logits.shape[-1] > vocab_size:
-            vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-            logits = jnp.where(vocab < vocab_size, logits, -jnp.inf)
-        ce_BxC, logz_BxC = token_ce(logits, t_BxC)
+        if fused:
+            ce_BxC, logz_BxC = fused_token_ce(logits, t_BxC, vocab_size)
+        else:
+            logits = logits.astype(loss_dtype(logits))
+            if logits.shape[-1] > vocab_size:
+                vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+                logits = jnp.where(vocab < vocab_size, logits, -jnp.inf)
+            ce_BxC, logz_BxC = token_ce(logits, t_BxC)
         zsq_BxC = jnp.square(logz_BxC)
         if weight_C is not None:
             ce_BxC, zsq_BxC = ce_BxC * weight_C, zsq_BxC * weight_C
@@ -354,6 +363,53 @@ def token_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array
     vocab_BxTxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     target_logit_BxT = jnp.sum(jnp.where(vocab_BxTxV == targets_BxT[..., None], logits, 0.0), axis=-1)
     return logz_BxT - target_logit_BxT, logz_BxT
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def fused_token_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+    """`token_ce` of the first `vocab_size` columns of the logits (the rest, the head's padding, count as -inf), in
+    one read of the logits each way: XLA computes `token_ce` as two dependent reductions (max, then Σ exp) plus
+    the target's masked sum and, in the backward, a float32 copy of the logits; this forward is one variadic
+    reduction (the online log-sum-exp of Milakov & Gimelshein 2018, "Online normalizer calculation for softmax":
+    pairs (m, s) combined as (max, s₁e^(m₁−M) + s₂e^(m₂−M)), with the target logit as a third operand), and the
+    custom backward one elementwise pass, dlogits = (g_ce + g_logz)·softmax − g_ce·onehot, in the logits' dtype.
+    Equal to `token_ce` up to summation order (tests/models/test_chunked_loss.py)."""
+    return _fused_ce_fwd(logits_BxTxV, targets_BxT, vocab_size)[0]
+
+
+def _columns(logits_BxTxV: jax.Array, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+    """(the logits in `loss_dtype` with columns >= vocab_size at -inf, the column index)."""
+    x = logits_BxTxV.astype(loss_dtype(logits_BxTxV))
+    vocab = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return (jnp.where(vocab < vocab_size, x, -jnp.inf) if x.shape[-1] > vocab_size else x), vocab
+
+
+def _fused_ce_fwd(logits_BxTxV, targets_BxT, vocab_size):
+    x, vocab = _columns(logits_BxTxV, vocab_size)
+    target = jnp.where(vocab == targets_BxT[..., None], x, 0.0)
+
+    def combine(a, b):
+        (m1, s1, t1), (m2, s2, t2) = a, b
+        m = jnp.maximum(m1, m2)
+        scaled = lambda mi, si: jnp.where(mi == -jnp.inf, 0.0, si * jnp.exp(mi - m))  # an all -inf side adds 0
+        return m, scaled(m1, s1) + scaled(m2, s2), t1 + t2
+
+    zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
+    m, s, t = jax.lax.reduce((x, jnp.ones_like(x), target), (-jnp.inf * one, zero, zero), combine, (x.ndim - 1,))
+    logz_BxT = m + jnp.log(s)
+    return (logz_BxT - t, logz_BxT), (logits_BxTxV, targets_BxT, logz_BxT)
+
+
+def _fused_ce_bwd(vocab_size, residuals, grads):
+    logits_BxTxV, targets_BxT, logz_BxT = residuals
+    g_ce, g_logz = grads
+    x, vocab = _columns(logits_BxTxV, vocab_size)
+    p = jnp.exp(x - logz_BxT[..., None])  # softmax; 0 on the padding
+    d = (g_ce + g_logz)[..., None] * p - jnp.where(vocab == targets_BxT[..., None], g_ce[..., None], 0.0)
+    return d.astype(logits_BxTxV.dtype), None
+
+
+fused_token_ce.defvjp(lambda logits, targets, vocab_size: _fused_ce_fwd(logits, targets, vocab_size), _fused_ce_bwd)
 
 
 def count_params(state) -> int:

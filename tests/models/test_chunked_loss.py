@@ -95,9 +95,40 @@ def test_bf16_compute_within_bf16_tolerance():
     assert_grads_close(grads, want_g, 2e-2)
 
 
-def test_float64_head_and_loss_equal_reference_and_numpy():
+@pytest.mark.parametrize("chunk,pad,z_loss", [(0, 1, 1e-2), (7, 128, 0.0)])
+def test_fused_ce_model_loss_and_grads_equal_reference(chunk, pad, z_loss):
+    """`model.fused_ce` (one variadic reduction forward, a custom backward) through `Transformer.loss`."""
+    batch = tokens(4)
+    want_loss, want_m, want_g = loss_and_grads(model_cfg(), batch, z_loss, reference=True)
+    loss, m, grads = loss_and_grads(model_cfg(loss_chunk=chunk, pad_vocab_to=pad, fused_ce=True), batch, z_loss)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    np.testing.assert_allclose(float(m["z_loss"]), float(want_m["z_loss"]), rtol=1e-6)
+    assert_grads_close(grads, want_g, 1e-5)
+
+
+def test_fused_ce_of_bf16_logits_returns_bf16_gradients():
+    """From bf16 logits the CE reduces in float32 (as `token_ce` of the float32 copy) and dlogits come back in bf16."""
+    rng = np.random.default_rng(5)
+    logits = jnp.asarray(rng.normal(size=(B, T, V_PAD)) * 3, jnp.bfloat16)
+    t = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+
+    def loss(fn):
+        return lambda z: sum(jnp.sum(a * w) for a, w in zip(fn(z), (1.0, 0.3)))
+
+    want, want_g = jax.value_and_grad(loss(lambda z: transformer.token_ce(jnp.where(
+        jnp.arange(V_PAD) < V, z.astype(jnp.float32), -jnp.inf), t)))(logits)
+    got, got_g = jax.value_and_grad(loss(lambda z: transformer.fused_token_ce(z, t, V)))(logits)
+    assert got.dtype == jnp.float32 and got_g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got_g, np.float32), np.asarray(want_g, np.float32), atol=2e-3)
+    assert not np.asarray(got_g[..., V:], np.float32).any()  # the padding gets a zero gradient
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_float64_head_and_loss_equal_reference_and_numpy(fused):
     """`chunked_lm_loss` of a float64 head x . W against `lm_loss` of the full logits (and a numpy float64 loss):
-    the same numbers up to the order of the sums, for the loss and the gradients w.r.t. x and W."""
+    the same numbers up to the order of the sums, for the loss and the gradients w.r.t. x and W; `fused`: through
+    `fused_token_ce`."""
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(B, T, 16)))
@@ -110,7 +141,7 @@ def test_float64_head_and_loss_equal_reference_and_numpy():
 
         def chunked(x, w):
             w_padded = jnp.pad(w, ((0, 0), (0, V_PAD - V)))
-            return transformer.chunked_lm_loss(lambda xc: xc @ w_padded, x, t, 0.1, 5, V)[0]
+            return transformer.chunked_lm_loss(lambda xc: xc @ w_padded, x, t, 0.1, 5, V, fused=fused)[0]
 
         want, want_g = jax.value_and_grad(ref, argnums=(0, 1))(x, w)
         got, got_g = jax.value_and_grad(chunked, argnums=(0, 1))(x, w)
