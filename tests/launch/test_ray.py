@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("ray")
 
 from helpers import REPO, run_module  # noqa: E402
-from launch import records, sweep  # noqa: E402
+from launch import checkpoint, records, sweep  # noqa: E402
 
 STUDY = """
 from experiments import base, sweeps
@@ -90,8 +90,11 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     ports = Listeners(driver.pid)
     ports.start()
     deadline = time.time() + 400
-    while not (results.exists() and results.read_text().count("\n") >= 2) and time.time() < deadline \
-            and driver.poll() is None:
+    # the short group recorded and the long one past a complete checkpoint (its manifest written): the moment the
+    # assertions below need; waiting for the short group alone raced the long group's compile (a cold cache)
+    checkpointed = lambda: any(work.glob(f"groups/*/checkpoints/*/{checkpoint.MANIFEST}"))
+    while not (results.exists() and results.read_text().count("\n") >= 2 and checkpointed()) \
+            and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
     os.kill(driver.pid, signal.SIGKILL)  # the short group is recorded, the long one in flight
     driver.wait(timeout=60)

@@ -138,7 +138,7 @@ from launch import mesh as mesh_lib, step as step_lib
 from data_free import batch_for
 
 cfg = base.get_config("tiny")
-cfg.model.update(dtype="float32", qk_norm=True, vocab_size=128)
+cfg.model.update(dtype="float32", qk_norm=True, vocab_size=128, n_layers=1)  # one layer: the same sharding rules
 cfg.data.update(batch_size=8, seq_len=16)
 results = {}
 for name, shape in {"single": (1, 1, 1), "sharded": (2, 2, 2)}.items():
