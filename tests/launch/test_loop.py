@@ -85,10 +85,7 @@ def test_killed_batched_sweep_resumes_bitwise(tmp_path):
     study = study_file(tmp_path, [{"optim.lr": lr} for lr in LRS], **BATCHED_OVERRIDES)
     args = [f"--config={study}", "--executor=batched"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    # the uninterrupted sweep in this process (the study's config and sweep, the same executor), as the fault
-    # suite's references are: one interpreter start-up fewer; the comparison below is still bitwise
-    cfg = configs.apply_overrides(base.get_config("tiny"), BATCHED_OVERRIDES)
-    sweep.run_sweep(cfg, sweep.load_sweep(str(study)), full, "batched")
+    assert helpers.run_module("launch.sweep", *args, f"--workdir={full}").returncode == 0
 
     resumed_from = []
     for kill_after in (15, 25):  # the first kill is after the step-10 checkpoint, the second after step 20's
@@ -113,6 +110,7 @@ def test_killed_batched_sweep_resumes_bitwise(tmp_path):
 
     ids = [json.loads(line)["id"] for line in (killed / "results.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(sweep.trial_id({"optim.lr": lr}) for lr in LRS)  # each exactly once
+    cfg = configs.apply_overrides(base.get_config("tiny"), BATCHED_OVERRIDES)
     assert_bitwise_equal(trial_outputs(full, cfg), trial_outputs(killed, cfg))
     assert not (killed / "groups" / sweep.group_dir(killed, sweep.make_trials(cfg, [{"optim.lr": lr} for lr in LRS])).name
                 / "checkpoints").exists()
