@@ -11,9 +11,11 @@ from launch import configs, report, sweep
 
 def test_tiny_study_sweep_learns_and_reports(tmp_path):
     base = configs.apply_overrides(study.get_config("tiny"), {
-        "data.source": "synthetic", "data.synthetic_tokens": 200_000, "train.steps": 60, "train.eval_every": 60,
+        "data.source": "synthetic", "data.synthetic_tokens": 200_000, "train.steps": 40, "train.eval_every": 40,
         "train.ckpt_every": 0, "train.eval_batches": 2,
     })
+    # 40 steps (the 20-step warmup, then the cosine), diagnostics at 20 and 40: every arm drops by ~0.53 (measured),
+    # the FP8 arms within 1e-3 of SwiGLU without FP8; 60 steps added a third diagnostic row, not another property
     rows = sweep.run_sweep(base, study.get_sweep("tiny"), tmp_path, executor="batched")
     assert len(rows) == len(study.ARMS) == 4 and not any(r["diverged"] for r in rows)
     by_arm = {(r["overrides"]["model.mlp"], r["overrides"]["model.fp8.enabled"]): r for r in rows}
@@ -31,6 +33,6 @@ def test_tiny_study_sweep_learns_and_reports(tmp_path):
     smooth = [json.loads(line) for line in (tmp_path / "trials" / by_arm[("smooth_swiglu", True)]["id"] /
                                             "metrics.jsonl").read_text().splitlines()]
     diag = [r for r in smooth if "swiglu_down_absmax/blocks/1/mlp" in r]
-    assert [r["step"] for r in diag] == [20, 40, 60]
+    assert [r["step"] for r in diag] == [20, 40]
     assert all(abs(r["fp8_amax/blocks/1/mlp/w3/x"] - 1.0) < 1e-6 for r in diag)  # Smooth-SwiGLU: W3's input amax 1
     assert all(0.0 <= r["fp8_saturated/blocks/1/mlp/w3/x"] <= 1.0 for r in diag)

@@ -20,7 +20,8 @@ from experiments import base
 from launch import configs, loop
 cfg = configs.apply_overrides(base.get_config("tiny"), {
     "data.source": "synthetic", "train.steps": 2, "train.log_every": 1, "train.eval_every": 2, "train.eval_batches": 1,
-    "train.progress": False, "train.compilation_cache": sys.argv[1]})
+    "train.progress": False, "train.compilation_cache": sys.argv[1],
+    "model.n_layers": 1})  # one layer: the same init, step and eval programs to cache, each compiled in less time
 loop.train(cfg, sys.argv[2])
 print(json.dumps({k.rsplit("/", 1)[1]: v for k, v in events.items() if "compilation_cache" in k}))
 """

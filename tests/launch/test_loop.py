@@ -94,7 +94,7 @@ def test_killed_batched_sweep_resumes_bitwise(tmp_path):
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         )
         for line in proc.stderr:  # absl INFO lines: the group's progress "  step N/30 | k/4 alive | ..."
-            if "resuming" in line:
+            if "resuming from step" in line:  # not configs.claim_workdir's "started under other code ... resuming"
                 resumed_from.append(int(line.rsplit("step", 1)[1]))
             if f"step {kill_after}/30" in line:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -105,7 +105,7 @@ def test_killed_batched_sweep_resumes_bitwise(tmp_path):
         assert [r["id"] for r in rows] == ["lr=3.0"]  # the diverged member is recorded at once, the others not yet
     rerun = helpers.run_module("launch.sweep", *args, f"--workdir={killed}")
     assert rerun.returncode == 0, rerun.stderr
-    resumed_from.append(int(rerun.stderr.split("resuming", 1)[1].split("\n")[0].rsplit("step", 1)[1]))
+    resumed_from.append(int(rerun.stderr.split("resuming from step", 1)[1].split("\n")[0]))
     assert resumed_from[0] >= 10 and resumed_from[1] >= 20 and resumed_from[1] >= resumed_from[0]  # never step 0
 
     ids = [json.loads(line)["id"] for line in (killed / "results.jsonl").read_text().splitlines()]
