@@ -23,10 +23,14 @@ from absl import app, flags
 from experiments import base
 from launch import data
 
-flags.DEFINE_string("out", "gpu_data/code10", "output directory (ignored by git: .git/info/exclude)")
-flags.DEFINE_string("roots", "", "comma-separated directories searched for *.py")
-flags.DEFINE_string("cache_dir", "", "data.cache_dir for the prepared corpus (default: $PROXYLAB_CACHE or ~/.cache)")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags; defined only when it runs (importing this module defines none)."""
+    flags.DEFINE_string("out", "gpu_data/code10", "output directory (ignored by git: .git/info/exclude)")
+    flags.DEFINE_string("roots", "", "comma-separated directories searched for *.py")
+    flags.DEFINE_string("cache_dir", "", "data.cache_dir for the prepared corpus (default: $PROXYLAB_CACHE or ~/.cache)")
 
 
 def collect(roots: list[str], dest: Path) -> tuple[int, int]:
@@ -72,4 +76,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
