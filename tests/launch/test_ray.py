@@ -92,7 +92,12 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     deadline = time.time() + 400
     # the short group recorded and the long one past a complete checkpoint (its manifest written): the moment the
     # assertions below need; waiting for the short group alone raced the long group's compile (a cold cache)
-    checkpointed = lambda: any(work.glob(f"groups/*/checkpoints/*/{checkpoint.MANIFEST}"))
+    def long_group_manifests():  # the short group checkpoints too (and deletes them when done): not those
+        return [m for m in work.glob(f"groups/*/checkpoints/*/{checkpoint.MANIFEST}")
+                if (m.parents[2] / "group.json").exists()
+                and "train.steps=30" in (m.parents[2] / "group.json").read_text(errors="replace")]
+
+    checkpointed = lambda: bool(long_group_manifests())
     while not (results.exists() and results.read_text().count("\n") >= 2 and checkpointed()) \
             and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
@@ -106,7 +111,7 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     assert ports.seen and all(loopback(a) for a, _ in ports.seen), sorted(ports.seen)
     # the rows up to the newest complete checkpoint, timings included: a resume keeps them as they are, a restart
     # from step 0 would rewrite them (Ray forwards the task's "resuming from step" line unreliably: not asserted)
-    saved = max(int(m.parent.name) for m in work.glob(f"groups/*/checkpoints/*/{checkpoint.MANIFEST}"))
+    saved = max(int(m.parent.name) for m in long_group_manifests())
     long_runs = sorted(work.glob("trials/*train.steps=30*"))
     kept = {d: [r for r in metrics_lib.read_jsonl(d / "metrics.jsonl") if r["step"] <= saved] for d in long_runs}
     assert saved > 0 and len(long_runs) == 2 and all(len(rows) > 1 for rows in kept.values()), (saved, kept)
