@@ -25,10 +25,10 @@ the exact-resume guarantee relies on. Hashing costs about a second per GB, small
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import io
 import re
 import sys
 import time

@@ -34,10 +34,8 @@ def device_peak() -> tuple[float | None, int]:
 
 
 def mfu(tokens_per_second: float, *, flops_per_token: float, n_devices: int, peak_flops: float | None) -> float | None:
-    """Model FLOP/s over n_devices · peak; None without a known peak."""
-    if peak_flops is None:
-        return None
-    return flops_per_token * tokens_per_second / (n_devices * peak_flops)
+    """launch/flops.py's MFU over n_devices · peak (FLOP/s); None without a known peak."""
+    return None if peak_flops is None else flops.mfu(tokens_per_second, flops_per_token, peak_flops / 1e12, n_devices)
 
 
 def duration(seconds: float) -> str:

@@ -319,11 +319,7 @@ def chunked_lm_loss(
         if fused:
             ce_BxC, logz_BxC = fused_token_ce(logits, t_BxC, vocab_size)
         else:
-            logits = logits.astype(loss_dtype(logits))
-            if logits.shape[-1] > vocab_size:
-                vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-                logits = jnp.where(vocab < vocab_size, logits, -jnp.inf)
-            ce_BxC, logz_BxC = token_ce(logits, t_BxC)
+            ce_BxC, logz_BxC = token_ce(_columns(logits, vocab_size)[0], t_BxC)
         zsq_BxC = jnp.square(logz_BxC)
         if weight_C is not None:
             ce_BxC, zsq_BxC = ce_BxC * weight_C, zsq_BxC * weight_C
@@ -409,7 +405,7 @@ def _fused_ce_bwd(vocab_size, residuals, grads):
     return d.astype(logits_BxTxV.dtype), None
 
 
-fused_token_ce.defvjp(lambda logits, targets, vocab_size: _fused_ce_fwd(logits, targets, vocab_size), _fused_ce_bwd)
+fused_token_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
 
 
 def count_params(state) -> int:

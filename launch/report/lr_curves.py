@@ -201,19 +201,22 @@ def seed_verdicts(groups: Sequence[Group]) -> list[str]:
             if sa["mean"] is None or sb["mean"] is None:
                 out.append(f"{name}: not compared ({a.note or b.note}).")
                 continue
-            diff = abs(sa["mean"] - sb["mean"])
-            spread = max(sa["max"] - sa["min"], sb["max"] - sb["min"])
-            if diff <= spread:
-                line = (f"{name}: the difference in LR sensitivity ({diff:.4f}) is smaller than the seed spread "
-                        f"({spread:.4f}); these seeds do not tell the two apart.")
-            else:
-                lower = curve_label(a if sa["mean"] < sb["mean"] else b, sizes)
-                line = (f"{name}: the difference in LR sensitivity ({diff:.4f}) exceeds the seed spread "
-                        f"({spread:.4f}); {lower} is the less LR-sensitive.")
+            lower = curve_label(a if sa["mean"] < sb["mean"] else b, sizes)
+            line = f"{name}: " + _against_spread(
+                "LR sensitivity", abs(sa["mean"] - sb["mean"]), max(sa["max"] - sa["min"], sb["max"] - sb["min"]),
+                f"{lower} is the less LR-sensitive")
             if a.seeds == b.seeds:  # a seed fixes init and data order: the per-seed differences
                 line += " " + _paired(b.sensitivity_S - a.sensitivity_S, curve_label(b, sizes), curve_label(a, sizes))
             out.append(line)
     return out
+
+
+def _against_spread(what: str, diff: float, spread: float, winner: str) -> str:
+    """The seed verdict: is the difference in `what` larger than the seed spread? (`winner`: said when it is.)"""
+    if diff <= spread:
+        return (f"the difference in {what} ({diff:.4f}) is smaller than the seed spread ({spread:.4f}); these seeds "
+                "do not tell the two apart.")
+    return f"the difference in {what} ({diff:.4f}) exceeds the seed spread ({spread:.4f}); {winner}."
 
 
 def _paired(d: np.ndarray, b: str, a: str) -> str:
@@ -231,15 +234,10 @@ def _loss_verdict(a: Group, b: Group, sizes: Sequence[str]) -> str:
     ya, yb = a.capped_SxL[:, 0], b.capped_SxL[:, 0]
     if np.isnan(ya).all() or np.isnan(yb).all():
         return "not compared (no finished trial in one of them)."
-    diff = abs(np.nanmean(ya) - np.nanmean(yb))
-    spread = max(np.nanmax(ya) - np.nanmin(ya), np.nanmax(yb) - np.nanmin(yb))
-    head = (f"one LR ({common.fmt(a.lrs[0], 'g')}), no LR sensitivity; the difference in final eval loss "
-            f"({diff:.4f}) ")
-    if diff <= spread:
-        verdict = head + f"is smaller than the seed spread ({spread:.4f}); these seeds do not tell the two apart."
-    else:
-        lower = curve_label(a if np.nanmean(ya) < np.nanmean(yb) else b, sizes)
-        verdict = head + f"exceeds the seed spread ({spread:.4f}); {lower} has the lower loss."
+    lower = curve_label(a if np.nanmean(ya) < np.nanmean(yb) else b, sizes)
+    verdict = f"one LR ({common.fmt(a.lrs[0], 'g')}), no LR sensitivity; " + _against_spread(
+        "final eval loss", abs(np.nanmean(ya) - np.nanmean(yb)),
+        max(np.nanmax(ya) - np.nanmin(ya), np.nanmax(yb) - np.nanmin(yb)), f"{lower} has the lower loss")
     paired = ~np.isnan(ya) & ~np.isnan(yb)
     if a.seeds == b.seeds and paired.sum() > 1:  # a seed fixes init and data order: per-seed differences
         verdict += " " + _paired(yb[paired] - ya[paired], curve_label(b, sizes), curve_label(a, sizes))
