@@ -70,6 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.softplus.query_chunk = 0  # (int >= 0) process queries in blocks of this many (long-context eval memory); 0 = all at once
     m.softplus.key_chunk = 0  # (int >= 0; 0 = off) keys in blocks of this many (models/attention.py lssar_blocked): no
     #                           [B, H, T, T] float32 weights in the train step, memory O(T·key_chunk)
+    m.softplus.impl = "xla"  # (str: xla|pallas) xla: jnp (the chunks above); pallas: fused Pallas kernels (models/lssar_pallas.py),
+    #                          no T × T arrays forward or backward; needs query_chunk = key_chunk = 0
 
     m.sigma_reparam = False  # (bool) σReparam W -> (γ/σ(W)) W on every linear layer in the blocks (Zhai et al. 2023; spec §3)
     m.sigma_reparam_gamma_init = "sigma0"  # (str: sigma0|one) γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import layers
+from models import layers, lssar_pallas
 
 
 def rope(x_BxTxHxK: jax.Array, base: float) -> jax.Array:
@@ -228,7 +228,7 @@ class LongShortKernel:
 
 
 # LSSAR's offset matrix O is all ones except its first rows, which are zero for early-row stability (spec §4(a) [S]).
-LSSAR_OFFSET_FREE_ROWS = 3
+LSSAR_OFFSET_FREE_ROWS = lssar_pallas.OFFSET_FREE_ROWS
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -340,8 +340,10 @@ class SoftplusKernel:
     length. On the fast path `query_chunk` > 0 processes queries in blocks of that many (each block's backward
     recomputes its weights: memory [B, H, chunk, T] instead of [B, H, T, T], train and eval), and `key_chunk` > 0
     takes keys in blocks of that many (`lssar_blocked`: no [B, H, Q, T] weights at all; with both, memory
-    [B, H, query_chunk, key_chunk]). Diagnostics (the explicit weights): attn_max_logit is the stage-1
-    pre-activation max; attn_degenerate_frac the fraction of rows that re-weighting zeroed (spec §4(e)2).
+    [B, H, query_chunk, key_chunk]). `impl="pallas"` runs the fused kernels of models/lssar_pallas.py instead
+    (issue 15: no T × T arrays in HBM, forward or backward; without chunks). Diagnostics (the explicit weights):
+    attn_max_logit is the stage-1 pre-activation max; attn_degenerate_frac the fraction of rows that re-weighting
+    zeroed (spec §4(e)2).
     """
 
     reweight: bool
@@ -349,6 +351,7 @@ class SoftplusKernel:
     eps: float
     query_chunk: int
     key_chunk: int = 0
+    impl: str = "xla"
 
     @classmethod
     def from_config(cls, cfg, n_heads: int, head_dim: int) -> SoftplusKernel:
@@ -360,8 +363,17 @@ class SoftplusKernel:
                 f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk}, "
                 f"key_chunk={sp.key_chunk} >= 0"
             )
+        impl = sp.get("impl", "xla")  # run configs written before issue 15 lack the field
+        if impl not in ("xla", "pallas"):
+            raise ValueError(f"model.softplus.impl={impl!r} is unknown; choose xla or pallas")
+        if impl == "pallas" and (sp.query_chunk or sp.key_chunk):
+            raise ValueError(
+                f"model.softplus.impl=pallas never forms T × T weights: set query_chunk={sp.query_chunk} and "
+                f"key_chunk={sp.key_chunk} to 0 (they chunk the xla path)"
+            )
         return cls(
-            reweight=sp.reweight, power=sp.power, eps=sp.eps, query_chunk=sp.query_chunk, key_chunk=sp.key_chunk
+            reweight=sp.reweight, power=sp.power, eps=sp.eps, query_chunk=sp.query_chunk, key_chunk=sp.key_chunk,
+            impl=impl,
         )
 
     def __call__(self, q, k, v, diagnostics: bool):
@@ -376,6 +388,8 @@ class SoftplusKernel:
             if self.reweight:
                 diag["attn_degenerate_frac"] = jnp.mean(jnp.max(a, axis=-1) == 0.0)
             return mix(a).astype(v.dtype), diag
+        if self.impl == "pallas":
+            return lssar_pallas.lssar_fused(q, k, v, **settings).astype(v.dtype), {}
         C = self.query_chunk if 0 < self.query_chunk < T else T
         n_chunks = -(-T // C)
         q_pad = jnp.pad(q, ((0, 0), (0, n_chunks * C - T), (0, 0), (0, 0)))
