@@ -227,12 +227,10 @@ class LongShortKernel:
         return out, train_stats(self.max_logits, lambda: attention_diagnostics_max(self.logits(q, k)))
 
 
-# LSSAR's offset matrix O is all ones except its first rows, which are zero for early-row stability (spec §4(a) [S]).
+# LSSAR's offset matrix O is all ones except its first rows, which are zero for early-row stability (spec §4(a) [S]),
+# and LSSA's L2 normalisation of q and k: both shared with the fused kernels (models/lssar_pallas.py).
 LSSAR_OFFSET_FREE_ROWS = lssar_pallas.OFFSET_FREE_ROWS
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+_l2_normalize = lssar_pallas.l2_normalize
 
 
 def lssar_weights(q_BxQxHxK, k_BxTxHxK, pos_Q, *, reweight: bool, power: int, eps: float):

@@ -2,8 +2,8 @@
 
 The function is `lssar_weights(q, k, arange(T))[1] @ v` of models/attention.py (Gao & Spratling 2025, arXiv
 2501.13428; spec model-variants §4(a)), with its overflow-safe form of the re-weighting. The L2 normalisation of
-q and k and the log(Dh)·log(i) scale stay in plain JAX (autodiff differentiates them), so the kernels see
-q̃_i = log(Dh)·log(i)·q̂_i and k̂_j and compute, per row i (1-based position n = i, keys j <= i):
+q and k and the log(Dh)·log(n) scale stay in plain JAX (autodiff differentiates them), so the kernels see
+q̃_i = log(Dh)·log(n_i)·q̂_i and k̂_j and compute, per query row i at 1-based position n = n_i (keys j <= i):
 
     s_ij = q̃_i·k̂_j     a_ij = softplus(s_ij)     Z_i = Σ_j a_ij + eps     y_ij = a_ij / Z_i
     LSSA:   P_ij = y_ij
@@ -49,8 +49,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# LSSAR's offset o_i is 0 on rows 1..3 (1-based) and 1 after them (spec §4(a)); the same constant as
-# models/attention.py LSSAR_OFFSET_FREE_ROWS, restated here because attention.py imports this module.
+# LSSAR's offset o_i is 0 on rows 1..3 (1-based) and 1 after them (spec §4(a); models/attention.py uses it too).
 OFFSET_FREE_ROWS = 3
 
 
@@ -286,7 +285,8 @@ def _fused_bwd(st: _Settings, res, do):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _l2_normalize(x):
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """x / ||x||_2 over the last axis (LSSA's q, k normalisation; a zero vector stays 0)."""
     return x * lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
 
 
@@ -315,8 +315,8 @@ def lssar_fused(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, *, reweight: bool, power: int, 
     T_pad = -(-T // max(block_q, block_k)) * max(block_q, block_k)
     K_pad = max(16, pl.next_power_of_2(Dh))
     scale_T = math.log(Dh) * jnp.log(jnp.arange(1, T + 1, dtype=jnp.float32))
-    q = _l2_normalize(q_BxTxHxK.astype(jnp.float32)) * scale_T[None, :, None, None]
-    k = _l2_normalize(k_BxTxHxK.astype(jnp.float32))
+    q = l2_normalize(q_BxTxHxK.astype(jnp.float32)) * scale_T[None, :, None, None]
+    k = l2_normalize(k_BxTxHxK.astype(jnp.float32))
     pad = lambda x: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, K_pad - Dh)))
     st = _Settings(reweight=bool(reweight), power=int(power), eps=float(eps), block_q=block_q, block_k=block_k,
                    num_warps=num_warps, num_stages=num_stages, precision=precision, interpret=bool(interpret))
