@@ -3,20 +3,20 @@
 #   BUDGET=540 bash benchmarks/h200_queue.sh JOB...   runs the JOBs in order inside BUDGET seconds; a sweep cut off
 #                                                      resumes in the next call (same warm machine: /tmp/runs stays)
 # JOBs:
-#   STUDY:PRESET  `launch.sweep --config=experiments/STUDY.py:PRESET --executor=batched` on the code10 corpus into
+#   STUDY:PRESET  `launch.sweep --config=experiments/STUDY.py:PRESET --executor=batched` on the code11 corpus into
 #                 /tmp/runs/STUDY_PRESET, its directory back as STUDY_PRESET.tgz (checkpoints left out); e.g.
 #                 fp8_smooth_swiglu:gpu, output_logit_divergence:gpu, small_scale_proxies:gpu_9.4m
-#   perf          issue 15 at 151m: step time of the float32 / bfloat16 / token-chunked / fused-CE loss head (and the
-#                 fused CE in a 9.4m group of 7), the side by side
-#                 at 42m and 151m with bfloat16 logits (the PyTorch reference's own numerics), a profile of the step
-#   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched)
-#   profiles      issue 15: profiles (with the time by source) of the 151m and 42m steps and of the 9.4m LSSAR step
+#   perf          issue 15: step time of the fused-CE loss head beside the bfloat16-logits head at 151m, and in a 9.4m
+#                 group of 7 (the float32 / token-chunked heads, the side by side and the 151m profile: session 10)
+#   lssar         issue 15: step time of the fused Pallas LSSAR kernel beside softmax and the XLA key blocks, T 512 and 4096
+#   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched); executors_2.4m: the same at 2.4m
+#   profiles      issue 15: profiles (with the time by source) of the 42m step and of the 9.4m LSSAR step
 #                 (key_chunk 128, T 512), and 302m / 1.2b trained at batch 256 (remat, token-chunked loss)
 # At most 8 files come back per call: keep a call's sweep jobs to ~6.
-# The corpus travels compressed in gpu_data/code10 (ignored by git; carry [".whl", "gpu_data"]): the Python sources
-# of the CPU machine's project venv site-packages and the pyenv Python 3.12 standard library, deduplicated by
-# content (12080 files, 176 MB), byte-level BPE 32101, 47.2M tokens; docs/reproductions/README.md says how it was
-# built, gpu_data/code10/SHA256SUMS pins it.
+# The corpus (CORPUS_NAME, default code11) travels compressed in gpu_data/code11 (ignored by git; carry
+# [".whl", "gpu_data"]): the Python sources of a venv installed from benchmarks/code11.lock and of the pyenv Python
+# 3.12 standard library, deduplicated by content (12378 files, 180 MB), byte-level BPE 32101, 48.11M tokens;
+# benchmarks/code_corpus.py says how to build it, the committed benchmarks/code11.sha256 pins it.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # the GPU image lacks ml-collections and tensorboardX, and its flax 0.12.10 predates sow(capture_noop)
@@ -24,11 +24,12 @@ if [ -d .whl ]; then  # the GPU image lacks ml-collections and tensorboardX, and
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
-CORPUS=/tmp/code10
+NAME=${CORPUS_NAME:-code11}; CORPUS=/tmp/$NAME
 if [ ! -f $CORPUS/tokens.npy ]; then
-  mkdir -p $CORPUS && cp gpu_data/code10/doc_ends.npy gpu_data/code10/tokenizer.json $CORPUS/
-  python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('gpu_data/code10/tokens.npy.xz'), open('$CORPUS/tokens.npy', 'wb'))"
-  (cd $CORPUS && sha256sum -c "$OLDPWD/gpu_data/code10/SHA256SUMS") || exit 1
+  mkdir -p $CORPUS && cp gpu_data/$NAME/doc_ends.npy gpu_data/$NAME/tokenizer.json $CORPUS/
+  python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('gpu_data/$NAME/tokens.npy.xz'), open('$CORPUS/tokens.npy', 'wb'))"
+  sums=benchmarks/$NAME.sha256; [ -f $sums ] || sums=gpu_data/$NAME/SHA256SUMS  # the committed pin where there is one
+  (cd $CORPUS && sha256sum -c "$OLDPWD/$sums") || exit 1
 fi
 DATA="--config.data.source=prepared --config.data.prepared_dir=$CORPUS"
 budget=${BUDGET:-540}; t0=$(date +%s)
@@ -42,26 +43,16 @@ sweep() {  # sweep NAME STUDY: the batched sweep into /tmp/runs/NAME (resumes), 
   tar czf "$OUT/$1.tgz" --exclude=checkpoints -C /tmp/runs "$1"
 }
 
-perf() {
+perf() {  # the fused CE against its own baseline in one call (the f32 / chunked heads and the side by side: session 10)
   local P=/tmp/perf; mkdir -p $P
   T="timeout 100 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/head.jsonl --config=experiments/base.py:151m"
   [ -f $P/head.done ] || {
-    $T --label=151m/logits_f32 2>&1 | tail -1 | cut -c1-200
     $T --config.model.logits_dtype=bfloat16 --label=151m/logits_bf16 2>&1 | tail -1 | cut -c1-200
-    $T --config.model.loss_chunk=128 --label=151m/loss_chunk128 2>&1 | tail -1 | cut -c1-200
     $T --config.model.logits_dtype=bfloat16 --config.model.fused_ce=True --label=151m/logits_bf16_fused_ce 2>&1 | tail -1 | cut -c1-200
     B="timeout 100 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/head.jsonl --config=experiments/base.py:9.4m --config.data.batch_size=64 --members=7"
     $B --label=9.4m/b64/m7 2>&1 | tail -1 | cut -c1-200
     $B --config.model.fused_ce=True --label=9.4m/b64/m7/fused_ce 2>&1 | tail -1 | cut -c1-200
     touch $P/head.done; }
-  [ "$(left)" -gt 200 ] && [ ! -f $P/sbs.done ] && {
-    python3 -m benchmarks.side_by_side --out=$P/side_by_side.jsonl --sizes=42m,151m --steps=10 --warmup=3 --timeout=150 \
-      --ours_args="--config.model.logits_dtype=bfloat16" \
-      > $P/side_by_side.log 2>&1; tail -6 $P/side_by_side.log; touch $P/sbs.done; }
-  [ "$(left)" -gt 120 ] && [ ! -f $P/prof.done ] && {
-    timeout 150 python3 -m benchmarks.profile_step --config=experiments/base.py:151m --config.model.logits_dtype=bfloat16 \
-      --steps=3 --warmup=2 --label=151m/logits_bf16 --trace_dir=/tmp/prof151 --out_json=$P/profile_151m.json \
-      --out_md=$P/profile_151m.md > $P/profile.log 2>&1; tail -2 $P/profile.log; head -24 $P/profile_151m.md; touch $P/prof.done; }
   tar czf "$OUT/perf.tgz" -C /tmp perf
 }
 
@@ -73,32 +64,49 @@ profiles() {
     timeout 150 python3 -m benchmarks.profile_step "$@" --steps=3 --warmup=2 --label=$label --trace_dir=/tmp/tr_$f \
       --out_json=$P/$f.json --out_md=$P/$f.md > $P/$f.log 2>&1; tail -1 $P/$f.log; head -12 $P/$f.md
   }
-  prof 151m/logits_bf16 --config=experiments/base.py:151m --config.model.logits_dtype=bfloat16
   prof 42m/logits_bf16 --config=experiments/base.py:42m --config.model.logits_dtype=bfloat16
   prof 9.4m/b64/softplus_k128 --config=experiments/base.py:9.4m --config.data.batch_size=64 --config.model.qk_norm=False \
     --config.model.attention=softplus --config.model.softplus.key_chunk=128
-  T="python3 -m benchmarks.throughput --steps=5 --warmup=2 --out=$P/sizes.jsonl --config.model.remat=True --config.model.loss_chunk=128"
-  for size in 302m 1.2b; do
+  T="python3 -m benchmarks.throughput --steps=5 --warmup=2 --out=$P/sizes.jsonl"
+  for size in 302m 1.2b; do  # --config before its overrides
     grep -q "\"$size/remat_chunk\"" $P/sizes.jsonl 2>/dev/null || [ "$(left)" -lt 200 ] || \
-      timeout 200 $T --config=experiments/base.py:$size --label=$size/remat_chunk 2>&1 | tail -1 | cut -c1-240
+      timeout 200 $T --config=experiments/base.py:$size --config.model.remat=True --config.model.loss_chunk=128 \
+        --label=$size/remat_chunk 2>&1 | tail -1 | cut -c1-240
   done
   tar czf "$OUT/profiles.tgz" -C /tmp profiles
 }
 
-executors() {
+lssar() {  # issue 15: the fused Pallas LSSAR kernel (model.softplus.impl=pallas) against softmax and the XLA blocks
+  local P=/tmp/lssar; mkdir -p $P
+  T="timeout 120 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/lssar.jsonl --config=experiments/base.py:9.4m --config.model.qk_norm=False"
+  S="--config.model.attention=softplus"
+  for T_len in 512 4096; do
+    b=$(( 64 * 512 / T_len )); L="--config.data.batch_size=$b --config.data.seq_len=$T_len"; tag=9.4m/b${b}xT$T_len
+    [ "$(left)" -gt 90 ] && $T $L --label=$tag/softmax 2>&1 | tail -1 | cut -c1-200
+    [ "$(left)" -gt 90 ] && $T $L $S --config.model.softplus.impl=pallas --label=$tag/softplus_pallas 2>&1 | tail -3 | cut -c1-300
+    kc=$(( T_len == 512 ? 128 : 512 ))  # session 9's key blocks
+    [ "$(left)" -gt 90 ] && $T $L $S --config.model.softplus.key_chunk=$kc --label=$tag/softplus_k$kc 2>&1 | tail -1 | cut -c1-200
+  done
+  cp $P/lssar.jsonl "$OUT/lssar.jsonl" 2>/dev/null
+}
+
+executors() {  # executors SIZE: benchmarks/sweep_executors.sh with the ladder size SIZE (9.4m: the preset's own)
   [ "$(left)" -gt 180 ] || { echo "executors: no time left"; return; }
-  timeout "$(left)" bash benchmarks/sweep_executors.sh "$OUT/executors_9.4m.jsonl" /tmp/runs $DATA 2>&1 \
+  local size=(); [ "$1" = 2.4m ] && size=(--config.model.d_model=256 --config.model.n_layers=3 --config.model.n_heads=4)
+  timeout "$(left)" bash benchmarks/sweep_executors.sh "$OUT/executors_$1.jsonl" /tmp/runs $DATA "${size[@]}" 2>&1 \
     | grep -E "wall_seconds|rror" | cut -c1-300
 }
 
 for job in "$@"; do
   case $job in
   perf) perf ;;
-  executors) executors ;;
+  executors) executors 9.4m ;;
+  executors_2.4m) executors 2.4m ;;
   profiles) profiles ;;
+  lssar) lssar ;;
   *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
        sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|executors|profiles ..." >&2; exit 2 ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|executors|executors_2.4m ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"
