@@ -300,7 +300,7 @@ class ExecutorTiming:
 # README "Batched vs local"); add a row when benchmarks/sweep_executors.sh is rerun.
 EXECUTOR_TIMINGS = (
     ExecutorTiming("cpu", "2 CPU cores", 57_504, 4, 139 / 127, "README demo, small_scale_proxies:tiny, 32 trials"),
-    ExecutorTiming("gpu", "H200", 18_800_000, 7, 61.5 / 47.9, "RESULTS.md, 2.4m, 7 LRs x 300 steps of 64 x 512"),
+    ExecutorTiming("gpu", "H200", 18_797_184, 7, 77.9 / 59.5, "RESULTS.md session 11, 2.4m, 7 LRs x 300 steps of 64 x 512"),
     ExecutorTiming("gpu", "H200", 42_300_000, 7, 83.2 / 67.2, "RESULTS.md session 10, 9.4m, 7 LRs x 300 steps of 64 x 512"),
 )
 
@@ -314,9 +314,8 @@ def auto_executor(platform: str, n_params: int, members: int, timings=EXECUTOR_T
 
         platform  device       params  members  batched / local wall time
         cpu       2 cores      57.5K   4        1.09   (139 s vs 127 s; the README demo's 32 trials)
-        gpu       H200         18.8M   7        1.28   (2.4m: 61.5 s vs 47.9 s)
-        gpu       H200         42.3M   7        1.24   (9.4m: 83.2 s vs 67.2 s, session 10, after session 8's
-                                                        batched-step fixes; the 2.4m row predates them)
+        gpu       H200         18.8M   7        1.31   (2.4m: 77.9 s vs 59.5 s, session 11)
+        gpu       H200         42.3M   7        1.24   (9.4m: 83.2 s vs 67.2 s, session 10)
 
     so today auto picks local everywhere: one trial already keeps the device busy, and batching saves only
     per-trial host work. Fewer members than the measurement amortise less, so they never extrapolate to batched.
