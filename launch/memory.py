@@ -13,9 +13,10 @@ data·fsdp mesh axes), a = bytes of model.dtype, p = bytes of model.param_dtype:
                update tree, whichever is larger (the state is donated, so the new state reuses its buffers).
     per layer  N·(4d + 4·H·Dh + 2·d_ff)·a: the two norms' inputs and outputs, q/k/v, the mixed heads, the MLP
                pre- and post-activation (mlra adds 3·N·H·r·a for its latents). Attention adds what its kernel
-               keeps: a fused kernel (cuDNN: softmax, ls, mlra on GPU in bf16/fp16) B·H·T·4 of softmax
-               statistics; an explicit one (XLA, and softplus always) `EXPLICIT_TT[kernel]` float32 [B, H, T, T]
-               tensors (softmax probabilities; LSSA/LSSAR's stage-1 and stage-2 weights).
+               keeps: a fused kernel (cuDNN: softmax, ls, mlra on GPU in bf16/fp16; softplus with
+               model.softplus.impl=pallas or key_chunk) B·H·T·4 of row statistics; an explicit one (XLA, softplus
+               otherwise) `EXPLICIT_TT[kernel]` float32 [B, H, T, T] tensors (softmax probabilities; LSSA/LSSAR's
+               stage-1 and stage-2 weights).
     remat      (model.remat) each layer keeps only its input N·d·a; one layer's activations are rebuilt at a time.
     head       the final norm's output N·d·a, the logits N·V in model.logits_dtype and their float32 gradient.
     working    one layer's activations (its backward's cotangents) while the backward runs.
@@ -69,8 +70,9 @@ def n_params(m) -> int:
 
 def _kernel(m, backend: str) -> tuple[str, bool]:
     """(name in EXPLICIT_TT, whether the training path materialises [B, H, T, T]) of the model's attention."""
-    if m.attention == "softplus":
-        return ("lssar" if m.softplus.reweight else "lssa"), True
+    if m.attention == "softplus":  # the fused kernel and the key blocks never hold [B, H, T, T] (RESULTS.md session 9)
+        sp = m.softplus
+        return ("lssar" if sp.reweight else "lssa"), sp.get("impl", "xla") == "xla" and not sp.key_chunk
     impl = m.attention_impl
     if impl == "auto":
         impl = "cudnn" if backend == "gpu" and m.dtype in ("bfloat16", "float16") else "xla"

@@ -56,6 +56,8 @@ def xla_bytes(cfg) -> dict[str, int]:
 CALIBRATION = {
     "softmax": {"data.seq_len": 256, "data.batch_size": 4, "model.n_layers": 4},
     "lssar": {"model.attention": "softplus", "data.seq_len": 256, "data.batch_size": 4, "model.n_layers": 4},
+    "lssar_blocked": {"model.attention": "softplus", "model.softplus.key_chunk": 64, "data.seq_len": 256,
+                      "data.batch_size": 4, "model.n_layers": 4},
     "ls_remat": {"model.attention": "ls", "model.remat": True, "data.seq_len": 256, "data.batch_size": 4,
                  "model.n_layers": 4},
 }
@@ -134,3 +136,13 @@ def test_gpu_preset_fits_one_h200(name):
             _, total = memory.estimate(cfg, members=members, backend="gpu")
             worst = max(worst, total)
     assert worst < H200_BYTES, f"{name}: {worst / memory.GIB:.1f} GiB"
+
+
+def test_fused_and_blocked_lssar_hold_no_txt_weights():
+    """model.softplus.impl=pallas and key_chunk keep row statistics, not [B, H, T, T] float32 weights per layer."""
+    cfg = tiny(**CALIBRATION["lssar"])
+    plain, _ = memory.estimate(cfg, backend="gpu")
+    B, T, H, L = cfg.data.batch_size, cfg.data.seq_len, cfg.model.n_heads, cfg.model.n_layers
+    for override in ({"model.softplus.impl": "pallas"}, {"model.softplus.key_chunk": 64}):
+        fused, _ = memory.estimate(configs.apply_overrides(cfg, override), backend="gpu")
+        assert plain["train_activations"] - fused["train_activations"] >= L * B * H * T * T * 4, override
