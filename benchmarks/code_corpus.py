@@ -2,12 +2,24 @@
 deduplicated by content, tokenized with a byte-level BPE trained on them (`data.source=text`), compressed for the
 `carry` limit, with sha256 sums that benchmarks/h200_queue.sh checks after decompressing.
 
-    python -m benchmarks.code_corpus --out=gpu_data/code10 \\
-        --roots=.venv/lib/python3.12/site-packages,$(PYENV_VERSION=3.12.1 python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+`code11` (docs/reproductions/README.md; 12378 files, 179.5 MB, 48,113,133 tokens: 45,709,465 train / 2,403,668
+eval) is the Python sources of a venv installed from the committed benchmarks/code11.lock (`pip freeze`, pip 26.3),
+of proxylab's editable-install finder and of the pyenv Python 3.12 standard library; it rebuilds to the committed
+benchmarks/code11.sha256 with
 
-`code10` (docs/reproductions/README.md) is this command over the project venv's site-packages and the pyenv Python
-3.12 standard library on the CPU machine. Files under 200 bytes or not UTF-8 are skipped. The prepared corpus
-itself stays in `data.cache_dir`; OUT gets tokens.npy.xz, doc_ends.npy, tokenizer.json and SHA256SUMS.
+    PYENV_VERSION=3.12.1 python3 -m venv /tmp/corpus_venv && /tmp/corpus_venv/bin/python -m pip install pip==26.3 \
+        && /tmp/corpus_venv/bin/python -m pip install --no-deps -r benchmarks/code11.lock
+    mkdir -p /tmp/finder && cp .venv/lib/python3.12/site-packages/__editable___proxylab_0_1_0_finder.py /tmp/finder/
+    python -m benchmarks.code_corpus --out=gpu_data/code11 \
+        --roots=/tmp/corpus_venv/lib/python3.12/site-packages,/tmp/finder,$(PYENV_VERSION=3.12.1 python3 -c \
+        'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+    diff gpu_data/code11/SHA256SUMS benchmarks/code11.sha256
+
+The finder (the 12378th file) names the checkout it was installed from, /work/main: a checkout elsewhere gets a
+different finder and so different sums. `code10` (session 10) was built from the project venv's own site-packages
+and could not be rebuilt byte for byte once that venv's packages moved; hence the lock. Files under 200 bytes or
+not UTF-8 are skipped. The prepared corpus itself stays in `data.cache_dir`; OUT gets tokens.npy.xz, doc_ends.npy,
+tokenizer.json and SHA256SUMS.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags; defined only when it runs (importing this module defines none)."""
-    flags.DEFINE_string("out", "gpu_data/code10", "output directory (ignored by git: .git/info/exclude)")
+    flags.DEFINE_string("out", "gpu_data/code11", "output directory (ignored by git: .git/info/exclude)")
     flags.DEFINE_string("roots", "", "comma-separated directories searched for *.py")
     flags.DEFINE_string("cache_dir", "", "data.cache_dir for the prepared corpus (default: $PROXYLAB_CACHE or ~/.cache)")
 

@@ -25,14 +25,14 @@ Presets (`get_config(arg)`; the config is the LS model, the sweep puts MHSA besi
         batch through the fused kernel), every block is rematerialised, and a group's 18 members (6 LRs x 3
         seeds) train as programs of `train.max_members` = 2, ~84 GiB each. What the study measures (the max
         logit per layer and head group at T = 4096, the loss over the LR grid) is unchanged.
-        Paper scale: 1.31B tokens a run (29 epochs of code10), 36 runs: not one session.
+        Paper scale: 1.31B tokens a run (29 epochs of code11), 36 runs: not one session.
   gpu_slice  what one H200 session runs (docs/reproductions/ls_attention.md): the 9.4m ladder shape (d=512,
         3 layers, 8 heads of 64: 1 global + 7 local with window 100) at length 4096, batch 8 x 4096 = 32,768
         tokens, 800 steps after an 80-step warmup (the gpu preset's 10 %), MHSA and LS x LR {1e-3, 1e-2, 1e-1}
         x 3 seeds = 18 trials: 2 programs of 9 (`train.max_members` = 9, ~95 GiB each by launch/memory.py; at
         this size no remat). Diagnostics every 40 steps (20 points a run), their explicit float32 [B, H, T, T]
         attention on `train.diag_rows` = 2 rows; eval every 200 steps.
-        Tokens: 800 x 8 x 4096 = 26.2M a run = 0.58 epochs of code10's 44.86M training tokens.
+        Tokens: 800 x 8 x 4096 = 26.2M a run = 0.57 epochs of code11's 45.71M training tokens.
         Time (H200, bf16, cuDNN; the 9.4m step at 8 x 4096 is 18.8 ms for softmax, LS's sliding window costs
         no more; a member-step 1.05x): a program is 9 x 800 x 19.7 ms = 142 s of steps + 20 diagnostic steps of
         ~3 member-steps (11 s) + ~55 s of compilation, evals and checkpoints = ~208 s; two: ~416 s = ~7 minutes.
@@ -46,7 +46,7 @@ for both arms and attn_max_logit_{global,local}/layer_i for ls.
 
     python -m launch.sweep --config=experiments/ls_attention.py:tiny --workdir=runs/ls_attention_tiny
     python3 -m launch.sweep --config=experiments/ls_attention.py:gpu_slice --workdir=/tmp/runs/ls_attention \
-      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
 """
 
 from __future__ import annotations

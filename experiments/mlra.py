@@ -23,14 +23,14 @@ Presets (`get_config(arg)`; the config is the MLRA model at the first depth):
         10k steps, warmup 1k, 3 seeds per point. Memory (launch/memory.py): at depth 48 one member's activations
         are ~190 GiB, so every block is rematerialised (~52 GiB a member) and a group's 12 members (4 LRs x 3
         seeds) train as programs of `train.max_members` = 2 (~105 GiB each).
-        Paper scale: 1.31B tokens a run (29 epochs of code10), 144 runs: not one session.
+        Paper scale: 1.31B tokens a run (29 epochs of code11), 144 runs: not one session.
   gpu_slice  what one H200 session runs (docs/reproductions/mlra.md): the 2.4m ladder width (d=256, 4 heads of
         64, vocab 32101) at depths 3 and 12 (the paper's 4x, 12 -> 48), batch 64 x 512, 500 steps after a
         50-step warmup (the gpu preset's 10 %), vanilla vs MLRA (Scaled Embed and Embed LN left out) at LR 1e-2
         (the top of the gpu grid, where spikes are likeliest) x 3 seeds = 12 trials: 4 programs of 3 (arm x
         depth; ~35 GiB each at depth 12 by launch/memory.py, no remat). Diagnostics every 25 steps (20 points a
         run: tev_mu, tev_sigma, ...) on `train.diag_rows` = 16 rows; eval every 125 steps.
-        Tokens: 500 x 64 x 512 = 16.4M a run = 0.37 epochs of code10's 44.86M training tokens.
+        Tokens: 500 x 64 x 512 = 16.4M a run = 0.36 epochs of code11's 45.71M training tokens.
         Time (H200, bf16, cuDNN): depth 3 is the measured 2.4m step, 10.1 ms; depth 12 is not measured: from
         the 2.4m step's FLOPs (66 MFLOP/token, 74 % of them the head) we put the head at ~4 ms and a d=256 layer
         at ~2 ms, so ~28 ms (pessimistic: FLOPs alone give 18 ms); MLRA +4 %; a member-step 1.05x. Steps: 3 x 500
@@ -46,7 +46,7 @@ tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's toke
 
     python -m launch.sweep --config=experiments/mlra.py:tiny --workdir=runs/mlra_tiny
     python3 -m launch.sweep --config=experiments/mlra.py:gpu_slice --workdir=/tmp/runs/mlra --executor=batched \
-      --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
+      --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ is what this sweep measures (no paper number to compare with).
 Presets:
   tiny  CPU minutes: the base tiny model (d 64, 2 layers) in float32, 200 steps of 16 x 64 on `classics`,
         LR {1e-3, 3e-3, 1e-2, 3e-2, 1e-1} x {adamw, muon}: 10 trials, one seed.
-  gpu   one H200: the 9.4m ladder shape, batch 64 x 512, 1000 steps after a 100-step warmup (32.8M tokens: 0.73
-        epochs of the code10 corpus, `--config.data.source=prepared`), the paper grid of Wortsman et al.
+  gpu   one H200: the 9.4m ladder shape, batch 64 x 512, 1000 steps after a 100-step warmup (32.8M tokens: 0.72
+        epochs of the code11 corpus, `--config.data.source=prepared`), the paper grid of Wortsman et al.
         {3e-4 ... 3e-1} x {adamw, muon} x 3 seeds: 42 trials, 6 programs of 7 members (~130 s each at 2.4m, more at
         9.4m; not yet run).
 

@@ -27,8 +27,8 @@ Presets (`get_config(arg)`):
         weight decay 1e-4 changes nothing visible in 300 steps. The tiny preset checks that the arms run and the
         diagnostics are logged; the claim needs the gpu preset.
   gpu   one H200: the 2.4m ladder shape (d 256, 3 layers, 4 heads of 64, vocab 32101), batch 64 x 512, 1000 steps
-        after a 100-step warmup (32.8M tokens: 0.73 epochs of the 44.9M-token `code10` training split,
-        docs/reproductions/README.md),
+        after a 100-step warmup (32.8M tokens: 0.72 epochs of the 45.7M-token `code11` training split,
+        docs/reproductions/README.md; page 2's runs were on code10),
         LR {3e-2, 1e-1, 3e-1} (the paper's example, 0.1, in the middle) x 3 arms x 3 seeds = 27 trials, as 3
         programs of `train.max_members` = 9 (the none + weight_decay group of 18 members, the z-loss group of 9).
         Estimate from page 1's 125-135 s per 7-member 2.4m program: ~170 s a program, ~9 minutes in all (the
@@ -46,7 +46,7 @@ Recipe (`RECIPE`, the `none` arm; the others change only their own field; tests/
 Deviations: 1000 steps of 64 x 512 after a 100-step warmup instead of 1e5 of 256 x 512 after 5e3 (page 1); the
 drift grows with training length, so a run this short may show it without the divergence the paper reaches. The
 cosine ends at optim.min_lr = 1e-5 (the paper's), so "towards the end" is at a small LR: the drift is integrated
-over the run. Data: the code10 corpus, not C4 (its page says what that may change).
+over the run. Data: the code11 corpus (page 2's runs: code10), not C4 (its page says what that may change).
 """
 
 from __future__ import annotations

@@ -36,12 +36,12 @@ Presets (`get_config(arg)`):
         by noise (LR sensitivity 0.166 vs 0.187).
   gpu   the whole study on one H200: the 2.4m ladder shape (d 256, the paper's μParam base width) for
         baseline / coupled_wd / short_warmup / eps_1e-15 and 9.4m (d 512) for mup / baseline_wide, each x the
-        7-point grid x 3 seeds: 126 trials, batch 64 x 512, 1000 steps (0.73 epochs of the 44.9M-token code10
+        7-point grid x 3 seeds: 126 trials, batch 64 x 512, 1000 steps (0.72 epochs of the 45.7M-token code11
         training split, docs/reproductions/README.md), programs of `train.max_members` = 7. Estimated from page 1's measurements
         (125-135 s per 7-member 2.4m program; ~18 minutes for 42 trials at 9.4m): ~45 minutes of H200 in all.
   gpu_<arm>  one arm's slice of `gpu` (same base config, trials and ids), each <= 10 minutes on one H200 by the
         same estimate (3 programs): gpu_baseline (= page 1's qk-layernorm arm at 2.4m; its rows in
-        experiments/results/sweeps/proxies_2.4m_code9 are on the older code9 corpus, so a comparison on code10
+        experiments/results/sweeps/proxies_2.4m_code9 are on the older code9 corpus, so a comparison on code11
         runs it again), gpu_coupled_wd,
         gpu_short_warmup, gpu_eps_1e-15, gpu_mup, gpu_baseline_wide (= page 1's 9.4m qk-layernorm arm).
         The smallest informative pair is gpu_baseline + gpu_coupled_wd: claim 1 at 3 seeds.
@@ -59,7 +59,7 @@ Recipe (`RECIPE`, the baseline; tests/experiments/test_recipes.py):
   sensitivity they are meant to change.
 
 Deviations: as page 1 (1000 steps of 64 x 512 after a 100-step warmup instead of 1e5 of 256 x 512 after 5e3; the
-code10 corpus, not C4). The paper's warmup lengths are unresolved (spec: sweep {1e3, 5e3, 1e4} of 1e5 steps); ours
+code11 corpus, not C4). The paper's warmup lengths are unresolved (spec: sweep {1e3, 5e3, 1e4} of 1e5 steps); ours
 compare 1 % with 10 % of the run. The ε claim is about 1.2B-4.8B models; at 2.4m the gradient RMS is far above
 1e-15 and 1e-8 alike, so the ε arm measures the attenuation trend (grad_rms per width and LR), not the loss gain.
 """

@@ -22,7 +22,7 @@ Presets (`get_config(arg)`; the config is the σReparam model):
   gpu   one H200: the 19M ladder shape (d=512, 6 layers, 8 heads of 64), batch 256 x 512, 10k steps, warmup 1k,
         3 seeds per point. Memory (launch/memory.py): ~46 GiB a member (the [B, T, V] logits and their gradient
         are 2/3 of it), so a group's 18 members (6 LRs x 3 seeds) train as programs of `train.max_members` = 2.
-        Paper scale: 1.31B tokens a run (29 epochs of code10), 54 runs: not one session.
+        Paper scale: 1.31B tokens a run (29 epochs of code11), 54 runs: not one session.
   gpu_slice  what one H200 session runs (docs/reproductions/sigma_reparam.md): the 2.4m ladder shape (d=256,
         3 layers, 4 heads of 64, vocab 32101), batch 64 x 512, 1000 steps after a 100-step warmup (the gpu
         preset's 10 %), the baseline and σReparam arms (the qk_norm reference arm is left out) x LR {3e-3, 1e-2,
@@ -30,7 +30,7 @@ Presets (`get_config(arg)`; the config is the σReparam model):
         1e-1 reach past it) x 3 seeds = 24 trials: 2 groups of 12, as 4 programs of `train.max_members` = 6
         (~55 GiB each by launch/memory.py; 12 would be ~110 GiB). Diagnostics every 50 steps (20 points a run)
         on `train.diag_rows` = 16 rows; eval every 250 steps.
-        Tokens: 1000 x 64 x 512 = 32.8M a run = 0.73 epochs of code10's 44.86M training tokens.
+        Tokens: 1000 x 64 x 512 = 32.8M a run = 0.72 epochs of code11's 45.71M training tokens.
         Time (H200, bf16, cuDNN; a 2.4m step 10.1 ms, a member-step 1.05x, σReparam +0.3 %): a program of 6
         is 6 x 1000 x 10.6 ms = 64 s of steps + 20 diagnostic steps of ~3 member-steps (4 s) + ~55 s for the
         first program of a group (compiling the train, eval and diagnostic programs, evals, checkpoints) or
@@ -45,7 +45,7 @@ sigma/<module>, gamma/<module>, gamma_over_sigma/<module>.
 
     python -m launch.sweep --config=experiments/sigma_reparam.py:tiny --workdir=runs/sigma_reparam_tiny
     python3 -m launch.sweep --config=experiments/sigma_reparam.py:gpu_slice --workdir=/tmp/runs/sigma_reparam \
-      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
 """
 
 from __future__ import annotations

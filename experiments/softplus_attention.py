@@ -7,7 +7,7 @@ arms over the LR grid; the length claim is then measured per finished trial with
     python -m launch.sweep --config=experiments/softplus_attention.py:tiny --workdir=runs/softplus_tiny
     python -m launch.eval_length --workdir=runs/softplus_tiny/trials/<trial> --lengths=64,128,256,512
     python3 -m launch.sweep --config=experiments/softplus_attention.py:gpu_slice --workdir=/tmp/runs/softplus \
-      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
 
 Recipe (`RECIPE`, the softmax baseline's stabilisers; every arm shares them; tests/experiments/test_recipes.py):
 
@@ -28,7 +28,7 @@ Presets (`get_config(arg)`; the config is LSSAR p = 15):
         float32 [B, H, T, T] tensors per layer for its backward, so every block is rematerialised (one layer's
         at a time, ~100 GiB a member), each member trains as its own program (`train.max_members` = 1), and the
         diagnostics run forward-only on `train.diag_rows` = 32 rows. Batch and length are the study's.
-        Paper scale: 1.31B tokens a run (29 epochs of code10), 48 runs: not one session.
+        Paper scale: 1.31B tokens a run (29 epochs of code11), 48 runs: not one session.
   gpu_slice  what one H200 session runs (docs/reproductions/softplus_attention.md): the 9.4m ladder shape (d=512,
         3 layers, 8 heads of 64, RoPE, vocab 32101) trained at length 512, batch 64 x 512, 700 steps after a
         70-step warmup (the gpu preset's 10 %), softmax vs LSSAR p = 15 (keys in blocks of
@@ -36,10 +36,10 @@ Presets (`get_config(arg)`; the config is LSSAR p = 15):
         qk-layernorm) x 3 seeds = 6 trials: 2 programs of 3. Diagnostics every 35 steps (20 points a run) on
         `train.diag_rows` = 16 rows; eval every 175 steps. The length claim is then `launch.eval_length` on
         each finished trial at 512, 1024, 2048, 4096 (1x, 2x, 4x, 8x the training length), 16 batches of 16
-        sequences (131k tokens at 1x, 1.05M at 8x, of code10's 2.36M eval tokens):
+        sequences (131k tokens at 1x, 1.05M at 8x, of code11's 2.40M eval tokens):
             for t in DIR/trials/*/; do python3 -m launch.eval_length --workdir=$t \
               --lengths=512,1024,2048,4096 --batch_size=16 --batches=16; done
-        Tokens: 700 x 64 x 512 = 22.9M a run = 0.51 epochs of code10's 44.86M training tokens.
+        Tokens: 700 x 64 x 512 = 22.9M a run = 0.50 epochs of code11's 45.71M training tokens.
         Time (H200, bf16; measured 9.4m steps at 64 x 512: softmax 16.5 ms, LSSAR with key_chunk 128 2.2x =
         36.3 ms; a member-step 1.05x): steps 3 x 700 x (17.3 + 38.1) ms = 116 s, 20 diagnostic steps of ~3
         member-steps 10 s, ~55 s a program of compilation, evals and checkpoints: ~236 s = ~4 minutes for the

@@ -23,7 +23,7 @@ Presets (`get_config(arg)`; the config is Scaled Embed):
         grid reaches 2-4x the usual Megatron LR; 3 seeds per point. Memory (launch/memory.py): ~87 GiB a member,
         so every block is rematerialised (~46 GiB) and a group's 15 members (5 LRs x 3 seeds) train as programs
         of `train.max_members` = 2 (~92 GiB each).
-        Paper scale: 1.31B tokens a run (29 epochs of code10), 45 runs: not one session.
+        Paper scale: 1.31B tokens a run (29 epochs of code11), 45 runs: not one session.
   gpu_slice  what one H200 session runs (docs/reproductions/spike_no_more.md): the 9.4m ladder shape (d=512,
         3 layers, 8 heads of 64, vocab 32101; init=small gives Vanilla std(x0) = sqrt(2/(5·512)) = 0.028 and
         Scaled Embed 0.63, the paper's values), batch 64 x 512, 700 steps after a 70-step warmup (the gpu
@@ -31,7 +31,7 @@ Presets (`get_config(arg)`; the config is Scaled Embed):
         the spikes are claimed) x 3 seeds = 18 trials: 3 programs of 6 (~63 GiB each by launch/memory.py, no
         remat). Metrics every 5 steps (140 rows: loss, grad_norm for the spike count), diagnostics every 35
         steps (20 points a run) on `train.diag_rows` = 16 rows, eval every 175 steps.
-        Tokens: 700 x 64 x 512 = 22.9M a run = 0.51 epochs of code10's 44.86M training tokens.
+        Tokens: 700 x 64 x 512 = 22.9M a run = 0.50 epochs of code11's 45.71M training tokens.
         Time (H200, bf16, cuDNN; the 9.4m step at 64 x 512 is 16.5 ms, the embedding options cost <= 2 %, a
         member-step 1.05x): a program is 6 x 700 x 17.3 ms = 73 s of steps + 20 diagnostic steps of ~3
         member-steps (6 s) + ~55 s of compilation, evals and checkpoints = ~134 s; three: ~402 s = ~7 minutes.
@@ -44,7 +44,7 @@ Sweep: model.embed_scale in {none, scaled, layernorm} x the LR grid.
 
     python -m launch.sweep --config=experiments/spike_no_more.py:tiny --workdir=runs/spike_no_more_tiny
     python3 -m launch.sweep --config=experiments/spike_no_more.py:gpu_slice --workdir=/tmp/runs/spike_no_more \
-      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code10
+      --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
 """
 
 from __future__ import annotations

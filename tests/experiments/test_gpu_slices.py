@@ -1,7 +1,7 @@
 """The `gpu_slice` presets of the five variant studies: what one H200 session runs of each paper reproduction.
 
 Each slice validates as a sweep (launch.sweep's own `make_trials`, the check `--dry_run` makes, with the corpus
-flags of its command), stays within the corpus rule (<= 1.5 epochs of code10's training split per trial), runs
+flags of its command), stays within the corpus rule (<= 1.5 epochs of code11's training split per trial), runs
 >= 3 seeds on every point, keeps the `gpu` preset's recipe (`RECIPE`; the warmup scaled with the steps, 10 %
 as at gpu) and differs from the `gpu` preset's config only in shape, length, steps and cadence, and logs the
 diagnostics its page plots at >= 10 points a run. Config values and abstract shapes only: nothing is trained."""
@@ -16,9 +16,9 @@ from experiments import sweeps
 from launch import configs, sweep
 from models import probes
 
-CODE10_TRAIN_TOKENS = 44_859_031  # docs/reproductions/*.md "Corpus and cost": 95 % of code10's 47.22M tokens
+CODE11_TRAIN_TOKENS = 45_709_465  # docs/reproductions/README.md: ~95 % of code11's 48.11M tokens, by document
 STUDIES = ("sigma_reparam", "ls_attention", "mlra", "softplus_attention", "spike_no_more")
-COMMAND = {"data.source": "prepared", "data.prepared_dir": "/tmp/code10"}  # the pages' gpu_slice command
+COMMAND = {"data.source": "prepared", "data.prepared_dir": "/tmp/code11"}  # the pages' gpu_slice command
 # what a slice may change against the gpu preset: the shape, the length and batch, the steps and the cadence
 SCALED = {
     "model.d_model", "model.n_layers", "model.n_heads", "model.remat", "model.softplus.query_chunk",
@@ -52,10 +52,10 @@ def test_slice_validates_as_its_command_runs_it(name):
 
 
 @pytest.mark.parametrize("name", STUDIES)
-def test_slice_sees_at_most_one_and_a_half_epochs_of_code10(name):
+def test_slice_sees_at_most_one_and_a_half_epochs_of_code11(name):
     module = importlib.import_module(f"experiments.{name}")
     for _, f in rows(module):
-        assert f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] <= 1.5 * CODE10_TRAIN_TOKENS
+        assert f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] <= 1.5 * CODE11_TRAIN_TOKENS
 
 
 @pytest.mark.parametrize("name", STUDIES)

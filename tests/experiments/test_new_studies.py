@@ -1,6 +1,6 @@
 """experiments/output_logit_divergence.py and experiments/proxy_ablations.py (issue 17): each arm changes exactly
 the fields it names against its baseline, the gpu slices partition the gpu preset, the gpu runs stay within the
-corpus rule (<= 1.5 epochs of code9's training split), and both tiny sweeps run end to end as batched programs
+corpus rule (<= 1.5 epochs of code11's training split), and both tiny sweeps run end to end as batched programs
 and log the diagnostics their pages plot."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from experiments import output_logit_divergence as old
 from experiments import proxy_ablations as abl
 from launch import configs, sweep
 
-CODE9_TRAIN_TOKENS = 30.3e6  # docs/reproductions/small_scale_proxies.md: 95 % of 31.89M tokens
+CODE11_TRAIN_TOKENS = 45_709_465  # docs/reproductions/README.md: ~95 % of code11's 48.11M tokens, by document
 
 
 def flat(module, preset, overrides):
@@ -61,10 +61,10 @@ def test_gpu_slices_partition_the_gpu_preset():
 
 
 @pytest.mark.parametrize("module", [old, abl])
-def test_gpu_runs_see_at_most_one_and_a_half_epochs_of_code9(module):
+def test_gpu_runs_see_at_most_one_and_a_half_epochs_of_code11(module):
     for overrides in module.get_sweep("gpu"):
         f = flat(module, "gpu", overrides)
-        assert f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] <= 1.5 * CODE9_TRAIN_TOKENS
+        assert f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] <= 1.5 * CODE11_TRAIN_TOKENS
 
 
 def _tiny_run(module, tmp_path, keep):
