@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import fp8
+from models import fp8, norm_pallas
 
 Initializer = Callable[..., jax.Array]
 
@@ -287,15 +287,32 @@ def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.
     return Linear(in_shape, out_shape, axes, **kwargs)
 
 
-class LayerNorm(nnx.Module):
-    """LayerNorm over the last axis with a learned scale and no bias; statistics in float32."""
+NORM_IMPLS = ("xla", "pallas")  # model.norm_impl
 
-    def __init__(self, dim: int, axis_name: str | None, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype):
+
+def norm_impl(cfg) -> str:
+    """`model.norm_impl`: "xla" (jnp, fused by XLA) or "pallas" (models/norm_pallas.py's kernels: on the H200 XLA
+    spent 16 % of the 42M train step in 137 norm fusions, benchmarks/results/h200_session11_profile_42m.md)."""
+    impl = cfg.get("norm_impl", "xla")  # run configs written before the field existed
+    if impl not in NORM_IMPLS:
+        raise ValueError(f"model.norm_impl={impl!r} is unknown; choose one of {NORM_IMPLS}")
+    return impl
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis with a learned scale and no bias; statistics in float32. `impl="pallas"`: the
+    same function by the fused kernels of models/norm_pallas.py (the parameters are the same)."""
+
+    def __init__(self, dim: int, axis_name: str | None, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 impl: str = "xla"):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=(axis_name,))
         self.eps = eps
         self.dtype = dtype
+        self.impl = impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl == "pallas":
+            return norm_pallas.norm_fused(x, self.scale[...], kind="layernorm", eps=self.eps, out_dtype=self.dtype)
         x32 = x.astype(jnp.float32)
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
@@ -304,14 +321,18 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm over the last axis with a learned scale; statistics in float32."""
+    """RMSNorm over the last axis with a learned scale; statistics in float32. `impl` as `LayerNorm`'s."""
 
-    def __init__(self, dim: int, axis_name: str | None, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype):
+    def __init__(self, dim: int, axis_name: str | None, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 impl: str = "xla"):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=(axis_name,))
         self.eps = eps
         self.dtype = dtype
+        self.impl = impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl == "pallas":
+            return norm_pallas.norm_fused(x, self.scale[...], kind="rmsnorm", eps=self.eps, out_dtype=self.dtype)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
         return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
@@ -321,11 +342,12 @@ NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
 def make_norm(cfg, dim: int, axis_name: str | None) -> nnx.Module:
-    """The norm selected by `model.norm`, over a last axis of size `dim`."""
+    """The norm selected by `model.norm`, over a last axis of size `dim`, run by `model.norm_impl`."""
     if cfg.norm not in NORMS:
         raise ValueError(f"model.norm={cfg.norm!r} is unknown; choose one of {sorted(NORMS)}")
     return NORMS[cfg.norm](
-        dim, axis_name, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
+        dim, axis_name, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        impl=norm_impl(cfg),
     )
 
 
@@ -344,7 +366,8 @@ EMBED_SCALES: dict[str, Callable] = {
     "none": lambda cfg: None,
     "scaled": lambda cfg: Scale(math.sqrt(cfg.d_model)),
     "layernorm": lambda cfg: LayerNorm(
-        cfg.d_model, "embed", eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
+        cfg.d_model, "embed", eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        impl=norm_impl(cfg),
     ),
 }
 
