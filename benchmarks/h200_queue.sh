@@ -9,6 +9,7 @@
 #   perf          issue 15: step time of the fused-CE loss head beside the bfloat16-logits head at 151m, and in a 9.4m
 #                 group of 7 (the float32 / token-chunked heads, the side by side and the 151m profile: session 10)
 #   lssar         issue 15: step time of the fused Pallas LSSAR kernel beside softmax and the XLA key blocks, T 512 and 4096
+#   norm          issue 15: step time with the fused Pallas norms (model.norm_impl=pallas) beside XLA's, 42m and 151m
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched); executors_2.4m: the same at 2.4m
 #   profiles      issue 15: profiles (with the time by source) of the 42m step and of the 9.4m LSSAR step
 #                 (key_chunk 128, T 512), and 302m / 1.2b trained at batch 256 (remat, token-chunked loss)
@@ -90,6 +91,18 @@ lssar() {  # issue 15: the fused Pallas LSSAR kernel (model.softplus.impl=pallas
   cp $P/lssar.jsonl "$OUT/lssar.jsonl" 2>/dev/null
 }
 
+norm() {  # issue 15: the fused Pallas norms (model.norm_impl=pallas) against XLA's (16 % of the 42m step: session 11)
+  local P=/tmp/norm; mkdir -p $P
+  T="timeout 120 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/norm.jsonl"
+  for size in 42m 151m; do
+    for impl in xla pallas; do
+      [ "$(left)" -gt 130 ] && $T --config=experiments/base.py:$size --config.model.logits_dtype=bfloat16 \
+        --config.model.norm_impl=$impl --label=$size/logits_bf16/norm_$impl 2>&1 | tail -1 | cut -c1-200
+    done
+  done
+  cp $P/norm.jsonl "$OUT/norm.jsonl" 2>/dev/null
+}
+
 executors() {  # executors SIZE: benchmarks/sweep_executors.sh with the ladder size SIZE (9.4m: the preset's own)
   [ "$(left)" -gt 180 ] || { echo "executors: no time left"; return; }
   local size=(); [ "$1" = 2.4m ] && size=(--config.model.d_model=256 --config.model.n_layers=3 --config.model.n_heads=4)
@@ -104,9 +117,10 @@ for job in "$@"; do
   executors_2.4m) executors 2.4m ;;
   profiles) profiles ;;
   lssar) lssar ;;
+  norm) norm ;;
   *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
        sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|executors|executors_2.4m ..." >&2; exit 2 ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|norm|executors|executors_2.4m ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"
