@@ -71,8 +71,9 @@ def assert_close(got, want, tol):
 @pytest.mark.parametrize("d", [64, 96, 768])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_forward_and_gradients_equal_xla_and_float64(kind, d, dtype):
+    """111 rows in 7 blocks of 16; the backward's 3 programs loop over 3 blocks each (the last 2 wholly masked)."""
     x, scale, dy = inputs(d, dtype)
-    pallas = lambda x, s: norm_pallas.norm_fused(x, s, kind=kind, eps=EPS, block_rows=16)
+    pallas = lambda x, s: norm_pallas.norm_fused(x, s, kind=kind, eps=EPS, block_rows=16, backward_programs=3)
     got = out_and_grads(pallas, x, scale, dy)
     want_xla = out_and_grads(module_norm(kind, "xla", dtype), x, scale, dy)
     want_f64 = norm_f64(kind, x, scale, dy)
@@ -108,6 +109,21 @@ def test_large_mean_rows_keep_two_pass_accuracy():
     got = out_and_grads(lambda x, s: norm_pallas.norm_fused(x, s, kind="layernorm", eps=EPS), x, scale, dy)
     assert_close(got, norm_f64("layernorm", x, scale, dy), 1e-4)
     assert_close(got, out_and_grads(module_norm("layernorm", "xla", jnp.float32), x, scale, dy), 1e-5)
+
+
+def test_vmapped_over_members():
+    """Under vmap (the batched executor's members: x and the scale batched) Pallas adds a grid axis in front of the
+    kernels' own; every member matches float64."""
+    x, scale, dy = inputs(96, jnp.float32)
+    x_M, scale_M, dy_M = jnp.stack([x, -x]), jnp.stack([scale, 2.0 - scale]), jnp.stack([dy, dy])
+
+    def member(x, s, dy):
+        y, vjp = jax.vjp(lambda x, s: norm_pallas.norm_fused(x, s, kind="layernorm", eps=EPS, block_rows=16), x, s)
+        return (y, *vjp(dy))
+
+    got = jax.jit(jax.vmap(member))(x_M, scale_M, dy_M)
+    for m in range(2):
+        assert_close([np.asarray(a[m]) for a in got], norm_f64("layernorm", x_M[m], scale_M[m], dy_M[m]), 1e-5)
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
@@ -152,22 +168,26 @@ def test_impl_is_validated_and_defaults_to_xla():
     x, scale, _ = inputs(8, jnp.float32)
     with pytest.raises(ValueError, match="block_rows=48 must be a power of two"):
         norm_pallas.norm_fused(x, scale, kind="layernorm", eps=EPS, block_rows=48)
+    with pytest.raises(ValueError, match="backward_programs=0 must be >= 1"):
+        norm_pallas.norm_fused(x, scale, kind="layernorm", eps=EPS, backward_programs=0)
     with pytest.raises(ValueError, match="kind='batchnorm' is unknown"):
         norm_pallas.norm_fused(x, scale, kind="batchnorm", eps=EPS)
 
 
-@pytest.mark.parametrize("kind", norm_pallas.KINDS)
-def test_lowers_to_triton_for_cuda(kind):
+@pytest.mark.parametrize("kind,members", [("layernorm", 0), ("rmsnorm", 0), ("layernorm", 3)])
+def test_lowers_to_triton_for_cuda(kind, members):
     """Forward and backward kernels lower to Triton IR for an H200 without a GPU (an abstract device), at d = 768
-    (a block over 1024 masked columns) and 400 rows (not a multiple of the block); compiling the IR (ptxas) needs
-    the GPU: the GPU test below."""
+    (a block over 1024 masked columns) and 400 rows (not a multiple of the block), also vmapped over 3 members;
+    compiling the IR (ptxas) needs the GPU: the GPU test below."""
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
-    x = jax.ShapeDtypeStruct((4, 100, 768), jnp.bfloat16)
-    scale = jax.ShapeDtypeStruct((768,), jnp.float32)
+    lead = (members,) if members else ()
+    x = jax.ShapeDtypeStruct((*lead, 4, 100, 768), jnp.bfloat16)
+    scale = jax.ShapeDtypeStruct((*lead, 768), jnp.float32)
     loss = lambda x, s: jnp.sum(norm_pallas.norm_fused(x, s, kind=kind, eps=EPS, interpret=False).astype(jnp.float32))
+    step = jax.value_and_grad(loss, argnums=(0, 1))
     with jax.sharding.use_abstract_mesh(mesh):
-        lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).trace(x, scale).lower(lowering_platforms=("cuda",))
+        lowered = jax.jit(jax.vmap(step) if members else step).trace(x, scale).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2
 
 
