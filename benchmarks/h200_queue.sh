@@ -11,6 +11,8 @@
 #   lssar         issue 15: step time of the fused Pallas LSSAR kernel beside softmax and the XLA key blocks, T 512 and 4096
 #   norm          issue 15: step time with the fused Pallas norms (model.norm_impl=pallas) beside XLA's, 42m and 151m
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched); executors_2.4m: the same at 2.4m
+#   gputests      the GPU-only tests (compiled Pallas kernels against the XLA paths, cuDNN attention); where pytest is
+#                 missing on the GPU image, put its wheels in .whl (pip download -d .whl pytest pluggy iniconfig packaging)
 #   profiles      issue 15: profiles (with the time by source) of the 42m step and of the 9.4m LSSAR step
 #                 (key_chunk 128, T 512), and 302m / 1.2b trained at batch 256 (remat, token-chunked loss)
 # At most 8 files come back per call: keep a call's sweep jobs to ~6.
@@ -110,6 +112,12 @@ executors() {  # executors SIZE: benchmarks/sweep_executors.sh with the ladder s
     | grep -E "wall_seconds|rror" | cut -c1-300
 }
 
+gputests() {
+  python3 -c "import pytest" 2>/dev/null || { echo "gputests: no pytest (carry its wheels in .whl)"; return; }
+  timeout "$(left)" python3 -m pytest -q -p no:cacheprovider tests/models/test_lssar_pallas.py \
+    tests/models/test_norm_pallas.py tests/models/test_variants.py -k "gpu or cudnn" 2>&1 | tail -15
+}
+
 for job in "$@"; do
   case $job in
   perf) perf ;;
@@ -118,9 +126,10 @@ for job in "$@"; do
   profiles) profiles ;;
   lssar) lssar ;;
   norm) norm ;;
+  gputests) gputests ;;
   *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
        sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|norm|executors|executors_2.4m ..." >&2; exit 2 ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|norm|gputests|executors|executors_2.4m ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"
