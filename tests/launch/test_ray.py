@@ -37,8 +37,9 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     # two program groups: a short one, and a long one still in flight when the short one is recorded
-    # (30 steps: 3x the short group, checkpoints at 5..30, so the kill lands with the long group past a checkpoint)
-    return sweeps.product(**{"train.steps": [10, 30]}, lr=[3e-3, 1e-2])
+    # (60 steps: 6x the short group, checkpoints at 5..60, so the kill lands with the long group past a checkpoint;
+    # with 30 an idle machine could finish the long group before the short one was recorded)
+    return sweeps.product(**{"train.steps": [10, 60]}, lr=[3e-3, 1e-2])
 """
 
 
@@ -95,12 +96,14 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     def long_group_manifests():  # the short group checkpoints too (and deletes them when done): not those
         return [m for m in work.glob(f"groups/*/checkpoints/*/{checkpoint.MANIFEST}")
                 if (m.parents[2] / "group.json").exists()
-                and "train.steps=30" in (m.parents[2] / "group.json").read_text(errors="replace")]
+                and "train.steps=60" in (m.parents[2] / "group.json").read_text(errors="replace")]
 
     checkpointed = lambda: bool(long_group_manifests())
     while not (results.exists() and results.read_text().count("\n") >= 2 and checkpointed()) \
             and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
+    assert driver.poll() is None, "the sweep ended before the kill point (the long group finished too soon)\n" + \
+        (tmp_path / "driver.log").read_text()[-2000:]
     os.kill(driver.pid, signal.SIGKILL)  # the short group is recorded, the long one in flight
     driver.wait(timeout=60)
     ports.stop.set()
@@ -112,7 +115,7 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     # the rows up to the newest complete checkpoint, timings included: a resume keeps them as they are, a restart
     # from step 0 would rewrite them (Ray forwards the task's "resuming from step" line unreliably: not asserted)
     saved = max(int(m.parent.name) for m in long_group_manifests())
-    long_runs = sorted(work.glob("trials/*train.steps=30*"))
+    long_runs = sorted(work.glob("trials/*train.steps=60*"))
     kept = {d: [r for r in metrics_lib.read_jsonl(d / "metrics.jsonl") if r["step"] <= saved] for d in long_runs}
     assert saved > 0 and len(long_runs) == 2 and all(len(rows) > 1 for rows in kept.values()), (saved, kept)
 
@@ -138,7 +141,7 @@ def test_killed_ray_sweep_reruns_every_trial_once_with_the_local_numbers(tmp_pat
     for tid, row in got.items():
         assert set(row) == set(want[tid]), tid
         # a Ray task trains the group vmapped, the local executor one run at a time: float32 order only; measured
-        # 2e-5 relative on 60-step trials at lr 1e-2, less over the 30 steps here (the drift grows with steps; a
+        # 2e-5 relative on the 60-step trials at lr 1e-2 (the drift grows with steps; a
         # wrong member, batch or resume is off by ~1e-2)
         for k in ("initial_loss", "final_loss", "eval_loss"):
             assert row[k] == pytest.approx(want[tid][k], rel=1e-4), (tid, k)
@@ -157,7 +160,7 @@ def flaky(payload, workdir, results):
     marks.mkdir(exist_ok=True)
     n = len(list(marks.glob(f"{ids[0]}*")))
     (marks / f"{ids[0]}.{n}").touch()
-    if "steps=30" in ids[0] or n == 0:
+    if "steps=60" in ids[0] or n == 0:
         raise RuntimeError(f"injected failure of {ids[0]} (attempt {n + 1})")
     return sweep.ray_group_task(payload, workdir, results)
 
@@ -181,9 +184,9 @@ def test_a_failing_group_task_is_retried_then_recorded_and_the_sweep_completes(t
     attempts = sorted(p.name for p in (work / "attempts").iterdir())
     assert len(rows) == 4
     for tid, row in rows.items():
-        if "steps=30" in tid:  # failed twice (retries=1): recorded with its error, no numbers
+        if "steps=60" in tid:  # failed twice (retries=1): recorded with its error, no numbers
             assert row["failed"] and row["attempts"] == 2 and row["final_loss"] is None
             assert row["error"].startswith("RuntimeError: injected failure of") and "attempt 2" in row["error"]
         else:  # failed once, then trained
             assert "failed" not in row and row["eval_loss"] is not None
-    assert len([a for a in attempts if "steps=30" in a]) == 2 and len([a for a in attempts if "steps=10" in a]) == 2
+    assert len([a for a in attempts if "steps=60" in a]) == 2 and len([a for a in attempts if "steps=10" in a]) == 2
