@@ -14,7 +14,7 @@ source the instruction's metadata points to (its stack frames), else by its opco
   attention    the attention kernel: SoftmaxKernel / LongShortKernel / SoftplusKernel code, cuDNN fmha custom
                calls, kernels named *fmha* / *flash* / *cudnn* / *sdpa*  (RoPE and qk-norm are elementwise)
   gemm         other dots: cuBLAS custom calls, fusions around a dot, kernels named *gemm* / *cublas* / *nvjet*
-  elementwise  other fusions and arithmetic (norms, RoPE, GELU, residuals, casts, their gradients)
+  elementwise  other fusions and arithmetic (norms, Pallas ones too; RoPE, GELU, residuals, casts, their gradients)
   other        data movement and everything unclassified (copies, the embedding gather, transposes)
 
 Category times sum to the total device time of those events (concurrent kernels are summed, not merged).
@@ -206,6 +206,8 @@ def classify(instr: Instr | None, hlo: Hlo | None, kernel_name: str = "") -> str
     by_kernel = classify_kernel_name(kernel_name)
     if by_kernel:
         return by_kernel
+    if instr.opcode == "custom-call" and "triton" in target:
+        return "elementwise"  # a Pallas kernel the source did not place: the fused norms (models/norm_pallas.py)
     if instr.opcode == "fusion" or instr.opcode not in MOVEMENT_OPCODES:
         if instr.opcode == "fusion" and inner and all(i.opcode in MOVEMENT_OPCODES for i in inner):
             return "other"  # a fused copy / transpose

@@ -59,6 +59,8 @@ ENTRY %main.1 (a: f32[8], b: f32[8,8]) -> f32[8] {
   %custom-call.1 = (bf16[8]{0}, u8[0]{0}) custom-call(%a), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/dot_product_attention" stack_frame_id=9}
   %custom-call.2 = (f32[8,8]{1,0}, s8[4]{0}) custom-call(%b, %b), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(train_step)/dot_general" stack_frame_id=5}
   %custom-call.3 = (f32[8,8]{1,0}, s8[4]{0}) custom-call(%b, %b), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(train_step)/dot_general" stack_frame_id=6}
+  %custom-call.4 = f32[8]{0} custom-call(%a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(train_step)/pallas_call" stack_frame_id=4}
+  %custom-call.5 = f32[8]{0} custom-call(%a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(train_step)/pallas_call" stack_frame_id=9}
   %reduce.1 = f32[] reduce(%a), metadata={op_name="jit(train_step)/reduce_sum" stack_frame_id=7}
   %add.9 = f32[8]{0} add(%a, %a), metadata={op_name="jit(train_step)/add" stack_frame_id=8}
   ROOT %copy.3 = f32[8]{0} copy(%add.9)
@@ -90,12 +92,15 @@ def test_parse_hlo_follows_stack_frames_to_the_outermost_caller():
 def test_each_op_lands_in_its_category():
     hlo = ps.parse_hlo(HLO)
     got = {name: ps.classify(hlo.instrs[name], hlo) for name in (
-        "loop_multiply_fusion", "custom-call.1", "custom-call.2", "custom-call.3", "reduce.1", "add.9", "copy.3")}
+        "loop_multiply_fusion", "custom-call.1", "custom-call.2", "custom-call.3", "custom-call.4", "custom-call.5", "reduce.1", "add.9",
+        "copy.3")}
     assert got == {
         "loop_multiply_fusion": "elementwise",  # RoPE: in models/attention.py, but not the attention kernel
         "custom-call.1": "attention",
         "custom-call.2": "gemm",  # a Linear inside a block
         "custom-call.3": "head_loss",  # a Linear outside every block: the head
+        "custom-call.4": "elementwise",  # a Pallas (Triton) kernel outside attention, e.g. a fused norm
+        "custom-call.5": "attention",  # a Pallas kernel inside the attention kernel's code (lssar_pallas)
         "reduce.1": "head_loss",
         "add.9": "optimizer",
         "copy.3": "other",
