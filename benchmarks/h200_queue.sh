@@ -13,8 +13,9 @@
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched); executors_2.4m: the same at 2.4m
 #   gputests      the GPU-only tests (compiled Pallas kernels against the XLA paths, cuDNN attention); where pytest is
 #                 missing on the GPU image, put its wheels in .whl (pip download -d .whl pytest pluggy iniconfig packaging)
-#   profiles      issue 15: profiles (with the time by source) of the 42m step and of the 9.4m LSSAR step
-#                 (key_chunk 128, T 512), and 302m / 1.2b trained at batch 256 (remat, token-chunked loss)
+#   profiles      issue 15: profiles (with the time by source) of the 42m step with the Pallas norms and of the
+#                 9.4m step with the Pallas LSSAR kernel (T 512), and 302m at batch 256 without remat (token-chunked
+#                 loss only); session 11 profiled 42m with XLA's norms, LSSAR's key blocks, 302m / 1.2b with remat
 # At most 8 files come back per call: keep a call's sweep jobs to ~6.
 # The corpus (CORPUS_NAME, default code11) travels compressed in gpu_data/code11 (ignored by git; carry
 # [".whl", "gpu_data"]): the Python sources of a venv installed from benchmarks/code11.lock and of the pyenv Python
@@ -67,15 +68,13 @@ profiles() {
     timeout 150 python3 -m benchmarks.profile_step "$@" --steps=3 --warmup=2 --label=$label --trace_dir=/tmp/tr_$f \
       --out_json=$P/$f.json --out_md=$P/$f.md > $P/$f.log 2>&1; tail -1 $P/$f.log; head -12 $P/$f.md
   }
-  prof 42m/logits_bf16 --config=experiments/base.py:42m --config.model.logits_dtype=bfloat16
-  prof 9.4m/b64/softplus_k128 --config=experiments/base.py:9.4m --config.data.batch_size=64 --config.model.qk_norm=False \
-    --config.model.attention=softplus --config.model.softplus.key_chunk=128
+  prof 42m/logits_bf16/norm_pallas --config=experiments/base.py:42m --config.model.logits_dtype=bfloat16 \
+    --config.model.norm_impl=pallas
+  prof 9.4m/b64/softplus_pallas --config=experiments/base.py:9.4m --config.data.batch_size=64 --config.model.qk_norm=False \
+    --config.model.attention=softplus --config.model.softplus.impl=pallas
   T="python3 -m benchmarks.throughput --steps=5 --warmup=2 --out=$P/sizes.jsonl"
-  for size in 302m 1.2b; do  # --config before its overrides
-    grep -q "\"$size/remat_chunk\"" $P/sizes.jsonl 2>/dev/null || [ "$(left)" -lt 200 ] || \
-      timeout 200 $T --config=experiments/base.py:$size --config.model.remat=True --config.model.loss_chunk=128 \
-        --label=$size/remat_chunk 2>&1 | tail -1 | cut -c1-240
-  done
+  grep -q '"302m/chunk"' $P/sizes.jsonl 2>/dev/null || [ "$(left)" -lt 200 ] || \
+    timeout 200 $T --config=experiments/base.py:302m --config.model.loss_chunk=128 --label=302m/chunk 2>&1 | tail -1 | cut -c1-240
   tar czf "$OUT/profiles.tgz" -C /tmp profiles
 }
 
