@@ -71,7 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.softplus.key_chunk = 0  # (int >= 0; 0 = off) keys in blocks of this many (models/attention.py lssar_blocked): no
     #                           [B, H, T, T] float32 weights in the train step, memory O(T·key_chunk)
     m.softplus.impl = "xla"  # (str: xla|pallas) xla: jnp (the chunks above); pallas: fused Pallas kernels (models/lssar_pallas.py),
-    #                          no T × T arrays forward or backward; needs query_chunk = key_chunk = 0
+    #                          no T × T arrays forward or backward; needs query_chunk = key_chunk = 0; one device (XLA does not
+    #                          partition the call over a sharded mesh: no shard_map yet)
 
     m.sigma_reparam = False  # (bool) σReparam W -> (γ/σ(W)) W on every linear layer in the blocks (Zhai et al. 2023; spec §3)
     m.sigma_reparam_gamma_init = "sigma0"  # (str: sigma0|one) γ0: sigma0 = σ(W0), layer unchanged at init (official PyTorch) | one (official JAX)
@@ -81,7 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.norm = "layernorm"  # (str: registry models.layers.NORMS) normalisation registry key (models/layers.py): layernorm | rmsnorm; no biases either way
     m.norm_eps = 1e-6  # (float > 0) epsilon of every norm (Flax default, as in the paper)
     m.norm_impl = "xla"  # (str: xla|pallas) kernels of every norm (model.norm, qk_norm, embed_scale=layernorm): xla = jnp fused by XLA |
-    #                      pallas = fused Pallas kernels (models/norm_pallas.py), one pass forward and one backward; same parameters
+    #                      pallas = fused Pallas kernels (models/norm_pallas.py), one pass forward and one backward; same parameters;
+    #                      one device (XLA does not partition the call over a sharded mesh: no shard_map yet)
     m.rope_base = 10000.0  # (float > 1) RoPE wavelength base (rotate-half convention)
     m.tie_embeddings = False  # (bool) share the input embedding with the output head (the paper: untied)
     m.init = "fan_in"  # (str: registry models.layers.INITS) init registry key (models/layers.py): fan_in = embed N(0,1/d), kernels trunc-normal 1/sqrt(fan_in)
