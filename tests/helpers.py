@@ -56,3 +56,12 @@ def largest_intermediate(fn, *args) -> int:
         return biggest
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def triton_calls_on_h200(fn, *args) -> int:
+    """How many Triton kernels (Pallas calls) `jax.jit(fn)(*args)` lowers to for an H200, on a machine without a
+    GPU (an abstract device; compiling that IR with ptxas needs the GPU itself). `args`: ShapeDtypeStructs."""
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+        lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+    return lowered.as_text().count("__gpu$xla.gpu.triton")
