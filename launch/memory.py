@@ -38,6 +38,7 @@ import numpy as np
 
 import optim
 from launch import mesh as mesh_lib
+from models.attention import softplus_impl
 from models.transformer import dims
 
 # float32 [B, H, T, T] tensors an explicit (materialised) attention keeps per layer for the backward
@@ -72,7 +73,7 @@ def _kernel(m, backend: str) -> tuple[str, bool]:
     """(name in EXPLICIT_TT, whether the training path materialises [B, H, T, T]) of the model's attention."""
     if m.attention == "softplus":  # the fused kernel and the key blocks never hold [B, H, T, T] (RESULTS.md session 9)
         sp = m.softplus
-        return ("lssar" if sp.reweight else "lssa"), sp.get("impl", "xla") == "xla" and not sp.key_chunk
+        return ("lssar" if sp.reweight else "lssa"), softplus_impl(sp) == "xla" and not sp.key_chunk
     impl = m.attention_impl
     if impl == "auto":
         impl = "cudnn" if backend == "gpu" and m.dtype in ("bfloat16", "float16") else "xla"

@@ -329,6 +329,18 @@ def lssar_blocked(q_BxQxHxK, k_BxTxHxK, v_BxTxHxK, pos_Q, *, key_chunk: int, rew
     return y / jnp.moveaxis(u_sum + eps * m ** (-power), 1, 2)[..., None]
 
 
+SOFTPLUS_IMPLS = ("xla", "pallas")  # model.softplus.impl
+
+
+def softplus_impl(sp) -> str:
+    """`model.softplus.impl` of the `model.softplus` block: "xla" (jnp, optionally chunked) or "pallas" (the fused
+    kernels of models/lssar_pallas.py); run configs written before the field existed read "xla"."""
+    impl = sp.get("impl", "xla")
+    if impl not in SOFTPLUS_IMPLS:
+        raise ValueError(f"model.softplus.impl={impl!r} is unknown; choose one of {SOFTPLUS_IMPLS}")
+    return impl
+
+
 @dataclasses.dataclass(frozen=True)
 class SoftplusKernel:
     """LSSA / LSSAR attention (Gao & Spratling 2025, arXiv 2501.13428; spec §4), replacing softmax(q kᵀ/sqrt(Dh)).
@@ -361,9 +373,7 @@ class SoftplusKernel:
                 f"model.softplus.power={sp.power} must be >= 1 and query_chunk={sp.query_chunk}, "
                 f"key_chunk={sp.key_chunk} >= 0"
             )
-        impl = sp.get("impl", "xla")  # run configs written before issue 15 lack the field
-        if impl not in ("xla", "pallas"):
-            raise ValueError(f"model.softplus.impl={impl!r} is unknown; choose xla or pallas")
+        impl = softplus_impl(sp)
         if impl == "pallas" and (sp.query_chunk or sp.key_chunk):
             raise ValueError(
                 f"model.softplus.impl=pallas never forms T × T weights: set query_chunk={sp.query_chunk} and "
