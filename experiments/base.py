@@ -81,9 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.mlp = "gelu"  # (str: registry models.mlp.MLPS) MLP registry key (models/mlp.py): gelu | swiglu | smooth_swiglu (Fishman et al. 2024; spec §5)
     m.norm = "layernorm"  # (str: registry models.layers.NORMS) normalisation registry key (models/layers.py): layernorm | rmsnorm; no biases either way
     m.norm_eps = 1e-6  # (float > 0) epsilon of every norm (Flax default, as in the paper)
-    m.norm_impl = "xla"  # (str: xla|pallas) kernels of every norm (model.norm, qk_norm, embed_scale=layernorm): xla = jnp fused by XLA |
-    #                      pallas = fused Pallas kernels (models/norm_pallas.py), one pass forward and one backward; same parameters;
-    #                      one device (XLA does not partition the call over a sharded mesh: no shard_map yet)
+    m.norm_impl = "auto"  # (str: auto|xla|pallas) kernels of every norm (model.norm, qk_norm, embed_scale=layernorm): auto = pallas on a
+    #                       single GPU, else xla | xla = jnp fused by XLA | pallas = fused Pallas kernels (models/norm_pallas.py), one pass
+    #                       forward and one backward; same parameters; one device only (XLA does not partition the call: no shard_map yet)
     m.rope_base = 10000.0  # (float > 1) RoPE wavelength base (rotate-half convention)
     m.tie_embeddings = False  # (bool) share the input embedding with the output head (the paper: untied)
     m.init = "fan_in"  # (str: registry models.layers.INITS) init registry key (models/layers.py): fan_in = embed N(0,1/d), kernels trunc-normal 1/sqrt(fan_in)

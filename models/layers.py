@@ -287,15 +287,19 @@ def make_linear(cfg, in_shape, out_shape, axes, *, init: Initializer, rngs: nnx.
     return Linear(in_shape, out_shape, axes, **kwargs)
 
 
-NORM_IMPLS = ("xla", "pallas")  # model.norm_impl
+NORM_IMPLS = ("auto", "xla", "pallas")  # model.norm_impl
 
 
 def norm_impl(cfg) -> str:
-    """`model.norm_impl`: "xla" (jnp, fused by XLA) or "pallas" (models/norm_pallas.py's kernels: on the H200 XLA
-    spent 16 % of the 42M train step in 137 norm fusions, benchmarks/results/h200_session11_profile_42m.md)."""
-    impl = cfg.get("norm_impl", "xla")  # run configs written before the field existed
+    """`model.norm_impl` resolved: "xla" (jnp, fused by XLA) or "pallas" (models/norm_pallas.py's kernels). "auto"
+    picks pallas on a single GPU, where the fused kernels made the step 7.6 % / 6.5 % faster at 42M / 151M
+    (benchmarks/results/h200_session12_norm.jsonl), and xla elsewhere: on CPU Pallas only interprets, and over
+    several devices XLA cannot partition a pallas_call (no shard_map around it yet)."""
+    impl = cfg.get("norm_impl", "xla")  # run configs written before the field existed ran XLA's norms
     if impl not in NORM_IMPLS:
         raise ValueError(f"model.norm_impl={impl!r} is unknown; choose one of {NORM_IMPLS}")
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and jax.device_count() == 1 else "xla"
     return impl
 
 

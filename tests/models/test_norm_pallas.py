@@ -153,8 +153,9 @@ def test_tiny_transformer_same_loss_and_gradients(norm):
         np.testing.assert_allclose(np.asarray(gp), np.asarray(gx), rtol=0, atol=1e-5 * np.abs(np.asarray(gx)).max())
 
 
-def test_impl_is_validated_and_defaults_to_xla():
+def test_impl_is_validated_and_auto_is_xla_off_a_single_gpu():
     cfg = base.get_config("tiny").model
+    assert cfg.norm_impl == "auto" and jax.default_backend() != "gpu"
     assert layers.make_norm(cfg, 8, None).impl == "xla"
     cfg.norm_impl = "pallas"
     assert layers.make_norm(cfg, 8, None).impl == "pallas"
@@ -173,6 +174,18 @@ def test_impl_is_validated_and_defaults_to_xla():
         norm_pallas.norm_fused(x, scale, kind="layernorm", eps=EPS, backward_programs=0)
     with pytest.raises(ValueError, match="kind='batchnorm' is unknown"):
         norm_pallas.norm_fused(x, scale, kind="batchnorm", eps=EPS)
+
+
+def test_auto_is_pallas_on_one_gpu_only(monkeypatch):
+    """auto = pallas on a single GPU (where it is faster), xla over several devices (no shard_map around the call)."""
+    cfg = base.get_config("tiny").model
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(layers.jax, "device_count", lambda: 1)
+    assert layers.norm_impl(cfg) == "pallas"
+    monkeypatch.setattr(layers.jax, "device_count", lambda: 2)
+    assert layers.norm_impl(cfg) == "xla"
+    cfg.norm_impl = "pallas"
+    assert layers.norm_impl(cfg) == "pallas"
 
 
 @pytest.mark.parametrize("kind,members", [("layernorm", 0), ("rmsnorm", 0), ("layernorm", 3)])
