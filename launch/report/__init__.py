@@ -19,6 +19,11 @@ DIR/report/:
     buckets_vs_<key>.png, bucket_loss_over_steps.png   with train.freq_buckets (buckets.py)
     loss_over_tokens.png     with several budgets, schedules, optimizers or an injected spike (curves.py)
     seeds.md, seeds.png      with --seeds: how far apart the seeds are, outlier seeds marked (seeds.py)
+    loss_vs_length.png, .md  with trials' length_eval.json (launch.eval_length): eval loss against the evaluation
+                             length per group, mean over seeds [min, max] (lengths.py)
+    spikes.md                loss and gradient-norm spikes per trial (x > 1.2 or 3 × its 100-step EMA), per group
+                             and LR mean over seeds [min, max], with the largest x / EMA; also a summary.md section
+                             (spikes.py; written whenever trials log loss or grad_norm)
     early_warning.csv        with diverged trials: lead time vs false alarms of each logged signal (early_warning.py)
     index.html               all of the above in one static page, with the trial table and links to every trial's
                              run directory and TensorBoard logdir (html.py)
@@ -31,8 +36,9 @@ Missing trials are those DIR/sweep.json (launch.sweep's list of every trial, all
 lacks. For a run directory (metrics.jsonl, summary.json) only the metric plot, summary.md and index.html. Plots use
 matplotlib's Agg backend (no display needed).
 
-Modules: common (rows, runs, plotting and markdown helpers) ← lr_curves ← seeds, compare; common ← buckets,
-curves; html (the page) on its own; this module composes them. No module uses another's underscore names.
+Modules: common (rows, runs, plotting and markdown helpers) ← lr_curves ← seeds, compare, lengths, spikes;
+common ← buckets, curves; html (the page) on its own; this module composes them. No module uses another's
+underscore names.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ import numpy as np
 from launch import records
 from launch.report.common import capped, metric_series, run_config, trial_loss
 from launch.report.lr_curves import Group, lr_sensitivity, read_sensitivity_csv, seed_verdicts, sensitivity_table
-from launch.report import buckets, common, compare, curves, early_warning, html, lr_curves, seeds as seeds_lib
+from launch.report import buckets, common, compare, curves, early_warning, html, lengths, lr_curves, spikes
+from launch.report import seeds as seeds_lib
 
 __all__ = ["write_report", "write_comparison", "lr_sensitivity", "capped", "metric_series", "run_config", "trial_loss",
            "Group",
@@ -168,6 +175,8 @@ def write_report(path: str | Path, metric: str = "loss", log_y: bool = False, se
             curves.write_curves_report(path, rows, out)  # schedules, budgets, spikes; "" without them
             + buckets.write_bucket_report(path, rows, out)  # train.freq_buckets plots; "" without them
             + early_warning.write_early_warning_report(path, rows, out)  # "" without diverged trials
+            + lengths.write_lengths_report(path, rows, groups, out)  # "" without length_eval.json
+            + spikes.write_spikes_report(path, rows, groups, out)  # "" without loss / grad_norm rows
         )
         summary_md = sweep_summary(path, rows, groups, definition is not None, out, fmt) + sections
         (out / "summary.md").write_text(summary_md)
