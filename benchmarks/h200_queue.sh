@@ -6,10 +6,22 @@
 #   STUDY:PRESET  `launch.sweep --config=experiments/STUDY.py:PRESET --executor=batched` on the code11 corpus into
 #                 /tmp/runs/STUDY_PRESET, its directory back as STUDY_PRESET.tgz (checkpoints left out); e.g.
 #                 fp8_smooth_swiglu:gpu, output_logit_divergence:gpu, small_scale_proxies:gpu_9.4m
+#   STUDY:PRESET@DIR  the same into /tmp/runs/DIR, back as DIR.tgz; a study's slices (spam:gpu_adam@spam_code11,
+#                 spam:gpu_spam@spam_code11) share one directory, which starts as the committed
+#                 experiments/results/sweeps/DIR where there is one: its finished trials are skipped, so slices run in
+#                 different sessions add up in one directory (launch.sweep's sweep.json lists every slice's trials)
+#   eval_length:NAME  `launch.eval_length --lengths=$EVAL_LENGTHS --batch_size=16 --batches=16` on each finished
+#                 trial of /tmp/runs/NAME (a sweep job's, this call's or an earlier one's on the same warm machine)
+#                 without a length_eval.json yet, which it writes into the trial's run directory; NAME.tgz re-tarred
+#                 with them. EVAL_LENGTHS defaults to 512,1024,2048,4096 (1x-8x of softplus_attention:gpu_slice's
+#                 training length): softplus_attention:gpu_slice eval_length:softplus_attention_gpu_slice
 #   perf          issue 15: step time of the fused-CE loss head beside the bfloat16-logits head at 151m, and in a 9.4m
 #                 group of 7 (the float32 / token-chunked heads, the side by side and the 151m profile: session 10)
 #   lssar         issue 15: step time of the fused Pallas LSSAR kernel beside softmax and the XLA key blocks, T 512 and 4096
 #   norm          issue 15: step time with the fused Pallas norms (model.norm_impl=pallas) beside XLA's, 42m and 151m
+#                 (session 12), then in a 9.4m group of 7 members (the batched executor's vmapped step)
+#   side_by_side  issue 15: benchmarks.side_by_side (the PyTorch reference, then ours, per size) at 9.4m, 42m and 151m
+#                 with bf16 logits and the default model.norm_impl=auto (the Pallas norms on one GPU)
 #   executors     benchmarks/sweep_executors.sh at 9.4m (7 LRs, local then batched); executors_2.4m: the same at 2.4m
 #   gputests      the GPU-only tests (compiled Pallas kernels against the XLA paths, cuDNN attention); where pytest is
 #                 missing on the GPU image, put its wheels in .whl (pip download -d .whl pytest pluggy iniconfig packaging)
@@ -44,6 +56,21 @@ sweep() {  # sweep NAME STUDY: the batched sweep into /tmp/runs/NAME (resumes), 
   timeout "$l" python3 -m launch.sweep --config="$2" --workdir=$dir --executor=batched $DATA 2>&1 \
     | grep -v '^step ' | grep -E "sweep|trial|rror|report|\] \[" | cut -c1-220
   echo "$1: $(wc -l < $dir/results.jsonl) rows after $(( $(date +%s) - t0 )) s"
+  tar czf "$OUT/$1.tgz" --exclude=checkpoints -C /tmp/runs "$1"
+}
+
+eval_length() {  # eval_length NAME: the length evaluation of /tmp/runs/NAME's finished trials, back in NAME.tgz
+  local dir=/tmp/runs/$1 t
+  [ -d $dir/trials ] || { echo "$1: no $dir/trials (run its sweep job first, on this warm machine)"; return; }
+  for t in $dir/trials/*/; do
+    [ -f $t/length_eval.json ] && continue
+    grep -q '"finished": true' $t/summary.json 2>/dev/null || { echo "$1: $(basename $t) unfinished, skipped"; continue; }
+    [ "$(left)" -gt 60 ] || { echo "$1: no time left for eval_length"; break; }
+    timeout "$(left)" python3 -m launch.eval_length --workdir=$t --lengths=${EVAL_LENGTHS:-512,1024,2048,4096} \
+      --batch_size=16 --batches=16 2>&1 | grep -vE "^[IW][0-9]{4} " | tail -6 | cut -c1-220
+  done
+  echo "$1: $(ls $dir/trials/*/length_eval.json 2>/dev/null | wc -l) of $(ls -d $dir/trials/*/ | wc -l) trials" \
+    "length-evaluated after $(( $(date +%s) - t0 )) s"
   tar czf "$OUT/$1.tgz" --exclude=checkpoints -C /tmp/runs "$1"
 }
 
@@ -97,11 +124,23 @@ norm() {  # issue 15: the fused Pallas norms (model.norm_impl=pallas) against XL
   T="timeout 120 python3 -m benchmarks.throughput --steps=10 --warmup=3 --out=$P/norm.jsonl"
   for size in 42m 151m; do
     for impl in xla pallas; do
-      [ "$(left)" -gt 130 ] && $T --config=experiments/base.py:$size --config.model.logits_dtype=bfloat16 \
+      grep -q "\"$size/logits_bf16/norm_$impl\"" $P/norm.jsonl 2>/dev/null || [ "$(left)" -lt 130 ] || \
+        $T --config=experiments/base.py:$size --config.model.logits_dtype=bfloat16 \
         --config.model.norm_impl=$impl --label=$size/logits_bf16/norm_$impl 2>&1 | tail -1 | cut -c1-200
     done
   done
+  for impl in xla pallas; do
+    grep -q "\"9.4m/b64/m7/norm_$impl\"" $P/norm.jsonl 2>/dev/null || [ "$(left)" -lt 130 ] || \
+      $T --config=experiments/base.py:9.4m --config.data.batch_size=64 --members=7 \
+      --config.model.norm_impl=$impl --label=9.4m/b64/m7/norm_$impl 2>&1 | tail -1 | cut -c1-200
+  done
   cp $P/norm.jsonl "$OUT/norm.jsonl" 2>/dev/null
+}
+
+side_by_side() {  # issue 15: the PyTorch reference and ours per size in this one call (ratios from one call only)
+  [ "$(left)" -gt 200 ] || { echo "side_by_side: no time left"; return; }
+  timeout "$(left)" python3 -m benchmarks.side_by_side --out="$OUT/side_by_side.jsonl" --sizes=9.4m,42m,151m \
+    --steps=10 --warmup=3 --timeout=150 --ours_args="--config.model.logits_dtype=bfloat16" 2>&1 | tail -8 | cut -c1-300
 }
 
 executors() {  # executors SIZE: benchmarks/sweep_executors.sh with the ladder size SIZE (9.4m: the preset's own)
@@ -126,9 +165,15 @@ for job in "$@"; do
   lssar) lssar ;;
   norm) norm ;;
   gputests) gputests ;;
-  *:*) [ -f "experiments/${job%%:*}.py" ] || { echo "no experiments/${job%%:*}.py" >&2; exit 2; }
-       sweep "${job%%:*}_${job#*:}" "experiments/${job%%:*}.py:${job#*:}" ;;
-  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET|perf|profiles|lssar|norm|gputests|executors|executors_2.4m ..." >&2; exit 2 ;;
+  side_by_side) side_by_side ;;
+  eval_length:*) eval_length "${job#*:}" ;;
+  *:*) study=${job%%:*} preset=${job#*:} dir=${job#*:}; preset=${preset%@*}
+       [ "$dir" != "$preset" ] && dir=${dir#*@} || dir=${study}_$preset
+       [ -f "experiments/$study.py" ] || { echo "no experiments/$study.py" >&2; exit 2; }
+       [ -d /tmp/runs/$dir ] || [ ! -d experiments/results/sweeps/$dir ] || \
+         { mkdir -p /tmp/runs && cp -r experiments/results/sweeps/$dir /tmp/runs/$dir; }
+       sweep "$dir" "experiments/$study.py:$preset" ;;
+  *) echo "unknown job $job; usage: BUDGET=S $0 STUDY:PRESET[@DIR]|eval_length:NAME|perf|profiles|lssar|norm|side_by_side|gputests|executors|executors_2.4m ..." >&2; exit 2 ;;
   esac
 done
 echo "queue ended after $(( $(date +%s) - t0 )) s"

@@ -7,7 +7,8 @@ Every trial is checked (unknown field, bad value) before anything runs; a bad on
 The sweep directory (DESIGN §3):
 
     DIR/config.json            the base config (a rerun with another base config is refused)
-    DIR/sweep.json             every trial of the sweep (id, overrides), all shards: what the report expects
+    DIR/sweep.json             every trial of the sweep (id, overrides), all shards, and of the slices run into DIR
+                               before: what the report expects
     DIR/trials/<trial_id>/     one run directory per trial; the id is a slug of its overrides
     DIR/groups/<hash>/         a batched group's checkpoints while it trains (removed when it is done)
     DIR/results.jsonl          one row per finished trial, appended atomically (one line, one write, fsync)
@@ -397,6 +398,17 @@ def shard_trials(trials: list[Trial], index: int, count: int) -> list[Trial]:
     return [t for g, group in enumerate(group_trials(trials)) if g % count == index for t in group]
 
 
+def write_listing(workdir: Path, trials: list) -> None:
+    """DIR/sweep.json: the trials listed there before (the other slices of a study run into this directory, e.g.
+    `experiments/spam.py:gpu_adam` then `:gpu_spam`) and then `trials`' new ids, so that the report expects every
+    slice's trials, not only the last command's."""
+    path = workdir / "sweep.json"
+    listing = json.loads(path.read_text())["trials"] if path.exists() else []
+    known = {t["id"] for t in listing}
+    listing += [{"id": t.id, "overrides": t.overrides} for t in trials if t.id not in known]
+    metrics_lib.write_json_atomic(path, json.loads(json.dumps({"trials": listing}, default=list)))
+
+
 def run_sweep(
     base: ml_collections.ConfigDict, sweep: list[dict], workdir: str | Path, executor: str = "auto", shard: str = "",
     executor_options: dict | None = None,
@@ -411,8 +423,7 @@ def run_sweep(
     data.check_sources([t.cfg for t in trials])  # a data error writes nothing into the sweep directory
     configs.claim_workdir(base, workdir, write=jax.process_index() == 0)
     if jax.process_index() == 0:  # every trial of the sweep (all shards): the report flags the missing ones
-        listing = [{"id": t.id, "overrides": t.overrides} for t in all_trials]
-        metrics_lib.write_json_atomic(workdir / "sweep.json", json.loads(json.dumps({"trials": listing}, default=list)))
+        write_listing(workdir, all_trials)
     results = workdir / "results.jsonl"
     records.drop_torn_tail(results)
     finished = {r["id"]: r for r in records.read_results(results)}

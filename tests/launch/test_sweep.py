@@ -274,6 +274,18 @@ def test_two_shards_started_together_share_one_sweep_directory(tmp_path):
     assert sorted(ids) == sorted(sweep.trial_id(o) for o in trials)
 
 
+def test_slices_run_into_one_directory_extend_its_listing(tmp_path):
+    """Two slices of one study in one workdir: sweep.json lists both slices' trials, each once, in run order."""
+    base_cfg = base.get_config("tiny")
+    first = sweep.make_trials(base_cfg, sweeps.product(lr=[1e-3, 1e-2]))
+    second = sweep.make_trials(base_cfg, sweeps.product(lr=[1e-2, 3e-2]))  # 1e-2 in both
+    sweep.write_listing(tmp_path, first)
+    sweep.write_listing(tmp_path, second)
+    listed = json.loads((tmp_path / "sweep.json").read_text())["trials"]
+    assert [t["id"] for t in listed] == [t.id for t in first] + [second[1].id]
+    assert listed[-1]["overrides"] == {"optim.lr": 3e-2}
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [({"model.no_such_field": 1}, "no_such_field"), ({"model.d_model": "wide"}, "model.d_model")],
