@@ -45,8 +45,10 @@ Presets (`get_config(arg)`):
         runs it again), gpu_coupled_wd,
         gpu_short_warmup, gpu_eps_1e-15, gpu_mup, gpu_baseline_wide (= page 1's 9.4m qk-layernorm arm).
         The smallest informative pair is gpu_baseline + gpu_coupled_wd: claim 1 at 3 seeds.
-        Run the slices into one --workdir (they share the base config, so launch.sweep accepts them there) and
-        `launch.report` that directory: it takes one directory and draws every finished row.
+        They share the base config, so all run into one directory, one queue call each:
+            BUDGET=560 bash benchmarks/h200_queue.sh proxy_ablations:gpu_baseline@proxy_ablations_code11
+        (then gpu_coupled_wd, ...); experiments/results/sweeps/proxy_ablations_code11 comes back as
+        proxy_ablations_code11.tgz and `launch.report` draws it whole (docs/reproductions/proxy_ablations.md).
 
 Recipe (`RECIPE`, the baseline; tests/experiments/test_recipes.py):
 
@@ -67,7 +69,7 @@ compare 1 % with 10 % of the run. The ε claim is about 1.2B-4.8B models; at 2.4
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import product, seed_axis, slice_presets, slice_trials
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # spec optimizers-and-metrics §4(a)
 TINY_LRS = (3e-3, 3e-2, 3e-1)
@@ -84,7 +86,7 @@ ARMS = {  # name -> overrides (besides the size); every arm changes one thing ag
     "baseline_wide": {},
 }
 WIDE_ARMS = ("mup", "baseline_wide")  # trained at the wide width
-SLICES = tuple(f"gpu_{a}" for a in ARMS)
+SLICES = slice_presets(ARMS)
 PRESETS = ("tiny", "gpu", *SLICES)
 RECIPE = {
     "loss.z_loss": 1e-4, "optim.weight_decay": 1e-4, "optim.independent_wd": True, "optim.decay_all": True,
@@ -121,10 +123,9 @@ def get_config(arg: str | None = None):
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     preset = base.preset_name(arg, PRESETS)
-    if preset in SLICES:
-        arm = preset[len("gpu_"):]
-        return [t for name, t in _trials("gpu") if name == arm]
-    return [t for _, t in _trials(preset)]
+    if preset == "tiny":
+        return [t for _, t in _trials(preset)]
+    return slice_trials(preset, _trials("gpu"))
 
 
 def _trials(preset: str) -> list[tuple[str, dict]]:

@@ -22,9 +22,37 @@ Presets (`get_config(arg)` is the base of every trial, `get_sweep(arg)` the tria
              independent weight decay 1e-4 on, 3 seeds per point: 126 trials, 18 programs of 7 members (6
              groups of 21 capped by train.max_members; programs of ~3x the pre-seed time). On a host with n
              GPUs run n copies with --shard=i/n and CUDA_VISIBLE_DEVICES=i (launch/sweep.py).
+  gpu_<size>_<arm>  (`SLICES`) one size's and one qk-layernorm arm's slice of `gpu`, one or two device calls each:
+             gpu_2.4m_baseline, gpu_2.4m_qk_norm, gpu_9.4m_baseline, gpu_9.4m_qk_norm, gpu_19m_baseline,
+             gpu_19m_qk_norm (baseline: qk-layernorm off, RECIPE; qk_norm: on). Each is 21 trials (7 LRs x 3 seeds),
+             one program group cut into 3 programs of 7: the very programs `gpu` trains, with the same base config,
+             trials and trial ids (tests/experiments/test_gpu_slices.py), so all six run into one directory:
+                 BUDGET=560 bash benchmarks/h200_queue.sh small_scale_proxies:gpu_2.4m_baseline@proxies_code11
+             (then gpu_2.4m_qk_norm, gpu_9.4m_baseline, ...); experiments/results/sweeps/proxies_code11 comes back
+             as proxies_code11.tgz and `launch.report` draws it whole (docs/reproductions/small_scale_proxies.md).
+             Time per slice, H200, bf16, with the +15 % session 12 measured (spike_no_more's gpu_slice: 474 s
+             against 402 s):
+               2.4m  measured: a 7-member program is 125-135 s with compilation (session 9: 795 s for the 42 trials,
+                     6 programs, 132.5 s each): 3 x 132.5 = 398 s (375-405), x 1.15 = ~457 s (431-466), 7.6
+                     minutes: one call.
+               9.4m  estimate: the single-member step is 16.5 ms at 64 x 512, a member-step in a batched group
+                     1.05x = 17.3 ms; a program is 7 x 1000 x 17.3 ms = 121 s of steps + ~55 s of compilation,
+                     evals and checkpoints = 176 s; 3 x 176 = 529 s, x 1.15 = ~608 s (10.1 minutes): over a
+                     560-s call by the margin, so count on two calls in one session.
+               19m   estimate from FLOPs, not measured: launch/flops.py's training FLOPs per token (launch.plan
+                     `config_flops_per_token`) are 221.3M at 19m (LADDER (512, 6, 8)) against 160.0M at 9.4m
+                     ((512, 3, 8)), 1.38x, so a member-step ~1.38 x 17.3 = 24.0 ms; a program 7 x 1000 x 24.0 ms =
+                     168 s + ~55 s (9.4m's; compilation grows with the depth, the least certain part) = 223 s;
+                     3 x 223 = 668 s, x 1.15 = ~769 s (12.8 minutes): two calls in one session.
+             A slice cut off at BUDGET resumes in the next call on the same warm machine (/tmp/runs stays) from
+             its program's last checkpoint (train.ckpt_every 500): the second call redoes at most 500 steps (~70 s
+             at 9.4m, ~96 s at 19m with the margin) and ~55 s of compilation besides the rest (9.4m: ~50 s, 19m:
+             ~210 s). On a fresh machine finished programs are skipped (results.jsonl) and the cut-off one starts
+             again from step 0 (checkpoints do not come back in the .tgz).
   gpu_2.4m, gpu_9.4m, gpu_19m
-             one size's slice of `gpu` (the same base config, trials and trial ids), for a session that cannot run
-             all of it; `launch.report DIR_A DIR_B ...` draws the slices together.
+             one size's slice of `gpu` (`SIZE_PRESETS`): its two arm slices, baseline then qk_norm (42 trials, 6
+             programs, the same base config and ids; session 9 ran gpu_2.4m). Two calls or more each by the
+             estimates above: ~914 s (2.4m), ~1216 s (9.4m), ~1537 s (19m); `gpu` whole ~3668 s (61 minutes).
   gpu_timing the executor benchmark (benchmarks/sweep_executors.sh): the 9.4m model with qk-layernorm over the
              7-point grid for 300 steps, once with each executor.
 
@@ -58,14 +86,16 @@ this size: whether it diverges or stalls changes with float rounding). Its LR se
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import product, seed_axis, slice_presets, slice_trials
 
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # spec optimizers-and-metrics §4(a)
 TINY_WIDTHS = (32, 64)  # d_model; 2 layers, 2 heads
 GPU_SIZES = ("2.4m", "9.4m", "19m")  # names in base.LADDER
 
-SIZE_PRESETS = tuple(f"gpu_{n}" for n in GPU_SIZES)  # one size's slice of `gpu`: the same trials, configs and ids
-PRESETS = ("tiny", "tiny_full", "gpu", *SIZE_PRESETS, "gpu_timing")
+ARMS = {"baseline": False, "qk_norm": True}  # slice label -> model.qk_norm
+SLICES = slice_presets(f"{n}_{arm}" for n in GPU_SIZES for arm in ARMS)  # gpu_<size>_<arm>: partition `gpu`
+SIZE_PRESETS = tuple(f"gpu_{n}" for n in GPU_SIZES)  # one size's slice of `gpu`: its two arm slices
+PRESETS = ("tiny", "tiny_full", "gpu", *SLICES, *SIZE_PRESETS, "gpu_timing")
 RECIPE = {
     "loss.z_loss": 1e-4, "optim.weight_decay": 1e-4, "optim.independent_wd": True, "optim.decay_all": True,
     "optim.clip": 1.0, "model.qk_norm": False, "optim.warmup_steps": 100, "model.init": "fan_in", "optim.eps": 1e-8,
@@ -81,7 +111,7 @@ def _sizes(preset: str) -> list[dict]:
 
 def get_config(arg: str | None = None):
     preset = base.preset_name(arg, PRESETS)
-    if preset == "gpu" or preset in SIZE_PRESETS:
+    if preset == "gpu" or preset in SLICES or preset in SIZE_PRESETS:
         c = base.get_config(GPU_SIZES[0])
         c.data.batch_size = 64
         c.optim.update(warmup_steps=100, decay_all=True)
@@ -110,9 +140,18 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     if preset == "gpu_timing":
         return product(lr=lrs)
     if preset in SIZE_PRESETS:
-        size = dict(zip(("model.d_model", "model.n_layers", "model.n_heads"), base.LADDER[preset[len("gpu_"):]]))
-        return [t for t in get_sweep("gpu") if all(t.get(k) == v for k, v in size.items())]
-    z_losses = (1e-4,) if preset == "gpu" else (1e-4, 0.0)
+        return [t for s in SLICES if s.startswith(f"{preset}_") for t in get_sweep(s)]
+    if preset == "gpu" or preset in SLICES:
+        return slice_trials(preset, _gpu_trials())
     return product(
-        size=_sizes(preset), **{"model.qk_norm": [False, True], "loss.z_loss": z_losses}, lr=lrs, **seed_axis(preset)
+        size=_sizes(preset), **{"model.qk_norm": [False, True], "loss.z_loss": (1e-4, 0.0)}, lr=lrs,
+        **seed_axis(preset)
     )
+
+
+def _gpu_trials() -> list[tuple[str, dict]]:
+    """(slice label `<size>_<arm>`, trial) in the gpu sweep's order: size x qk-layernorm x LR x seed, the size
+    varying slowest (z-loss fixed at 1e-4)."""
+    return [(f"{n}_{arm}", trial) for n, size in zip(GPU_SIZES, _sizes("gpu")) for arm, qk in ARMS.items()
+            for trial in product(size=[size], **{"model.qk_norm": [qk], "loss.z_loss": [1e-4]}, lr=PAPER_LRS,
+                                 **seed_axis("gpu"))]

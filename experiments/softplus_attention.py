@@ -39,11 +39,14 @@ Presets (`get_config(arg)`; the config is LSSAR p = 15):
         sequences (131k tokens at 1x, 1.05M at 8x, of code11's 2.40M eval tokens):
             for t in DIR/trials/*/; do python3 -m launch.eval_length --workdir=$t \
               --lengths=512,1024,2048,4096 --batch_size=16 --batches=16; done
+        (on the H200: `bash benchmarks/h200_queue.sh softplus_attention:gpu_slice
+        eval_length:softplus_attention_gpu_slice`, the sweep and then this loop, length_eval.json in the tarball).
         Tokens: 700 x 64 x 512 = 22.9M a run = 0.50 epochs of code11's 45.71M training tokens.
         Time (H200, bf16; measured 9.4m steps at 64 x 512: softmax 16.5 ms, LSSAR with key_chunk 128 2.2x =
         36.3 ms; a member-step 1.05x): steps 3 x 700 x (17.3 + 38.1) ms = 116 s, 20 diagnostic steps of ~3
         member-steps 10 s, ~55 s a program of compilation, evals and checkpoints: ~236 s = ~4 minutes for the
-        sweep. eval_length (not measured): ~50 s for an arm's first trial (process start, restore, 4 eval
+        sweep (measured 2026-12-04: 251 s, programs of 91-93 s softmax and 128-130 s LSSAR). eval_length (not
+        measured yet): ~50 s for an arm's first trial (process start, restore, 4 eval
         compilations; 16 LSSAR forwards of 16 x 4096 at ~90 ms, twice a third of its 131 ms train step at
         8 x 4096, are ~1.5 s) and ~20 s for the others (the compilation cache hits): 2 x 50 + 4 x 20 s = ~3
         minutes. Together ~7 minutes.

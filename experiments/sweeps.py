@@ -13,6 +13,10 @@ Unknown fields are rejected by launch.sweep with a one-line error before anythin
 `seeds(n)` is the seed axis `train.seed = 0..n-1` (`product(lr=[...], **seeds(3))`): trials that differ only in
 optimizer scalars and the seed train as one batched program (members with their own init and data order), so
 seed noise costs one program per point group. The `gpu` presets run `GPU_SEEDS` seeds per point (`seed_axis(preset)`).
+
+A `gpu` sweep longer than one device call is cut into slices `gpu_<label>` (`slice_presets`, `slice_trials`): each
+slice is the `gpu` sweep's trials of one label, with the same base config and trial ids, so the slices' rows go into
+one workdir (launch.sweep accepts them there) and their union is exactly the `gpu` sweep.
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ def seeds(n: int) -> dict[str, list[int]]:
 def seed_axis(preset: str) -> dict[str, list[int]]:
     """`seeds(GPU_SEEDS)` for the `gpu` preset, no axis otherwise (`tiny` stays single-seed: CPU time)."""
     return seeds(GPU_SEEDS) if preset == "gpu" else {}
+
+
+def slice_presets(labels, whole: str = "gpu") -> tuple[str, ...]:
+    """The slice presets `<whole>_<label>` of a sweep whose trials carry these labels (see `slice_trials`)."""
+    return tuple(f"{whole}_{label}" for label in labels)
+
+
+def slice_trials(preset: str, labelled: list[tuple[str, dict]], whole: str = "gpu") -> list[dict]:
+    """The trials of preset `whole`'s sweep, given as (label, trial) pairs in its order, that `preset` runs: every
+    trial for `whole` itself, those labelled L for the slice `<whole>_L` (a ValueError if none is)."""
+    if preset == whole:
+        return [trial for _, trial in labelled]
+    label = preset[len(whole) + 1:] if preset.startswith(f"{whole}_") else None
+    trials = [trial for name, trial in labelled if name == label]
+    if not trials:
+        raise ValueError(f"preset {preset!r} is no slice of {whole!r}: no trial is labelled {label!r}")
+    return trials
 
 
 def full_key(key: str) -> str:

@@ -4,7 +4,14 @@ Each slice validates as a sweep (launch.sweep's own `make_trials`, the check `--
 flags of its command), stays within the corpus rule (<= 1.5 epochs of code11's training split per trial), runs
 >= 3 seeds on every point, keeps the `gpu` preset's recipe (`RECIPE`; the warmup scaled with the steps, 10 %
 as at gpu) and differs from the `gpu` preset's config only in shape, length, steps and cadence, and logs the
-diagnostics its page plots at >= 10 points a run. Config values and abstract shapes only: nothing is trained."""
+diagnostics its page plots at >= 10 points a run.
+
+The `gpu_<label>` slices of the studies whose `gpu` preset fits code11 but not one device call (spam, wsd_s,
+weight_decay_fairness; proxy_ablations' arms; small_scale_proxies' size x qk-layernorm arms): the slices partition
+the `gpu` sweep (same trials and ids, none lost or twice), share its base config (so their rows go into one workdir)
+and stay within the corpus rule; the first three's slices each fit one benchmarks/h200_queue.sh call by the estimate
+their docstrings show (small_scale_proxies': one call at 2.4m, two at 9.4m and 19m). Config values and abstract
+shapes only: nothing is trained."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import importlib
 
 import pytest
 
+from experiments import base as base_lib
 from experiments import sweeps
 from launch import configs, sweep
 from models import probes
@@ -143,3 +151,156 @@ def test_slice_programs_fit_one_h200(name):
     for group in sweep.group_trials(sweep.make_trials(module.get_config("gpu_slice"), module.get_sweep("gpu_slice"))):
         _, total = memory.estimate(group[0].cfg, members=len(group), backend="gpu")
         assert total < 120 * memory.GIB, f"{name}: {total / memory.GIB:.1f} GiB"
+
+
+# ---- gpu_<label> slices of a gpu sweep (experiments/sweeps.py slice_presets / slice_trials) --------------------------
+
+SLICED = ("spam", "wsd_s", "weight_decay_fairness", "proxy_ablations", "small_scale_proxies")
+MAX_EPOCHS = {"spam": 1.08, "wsd_s": 1.43, "weight_decay_fairness": 1.43, "proxy_ablations": 0.72,
+              "small_scale_proxies": 0.72}  # their pages
+# slices cut between programs: the very programs gpu trains
+UNFRAGMENTED = ("spam", "wsd_s", "proxy_ablations", "small_scale_proxies")
+# the docstrings' estimates (H200, bf16, session 12): the 9.4m step at 64 x 512 is 16.5 ms for one member, a member-
+# step in a batched group 1.05x (scaled by the tokens of a member-step), ~55 s a program for compilation, evals and
+# checkpoints, +15 % (spike_no_more's gpu_slice took 474 s against 402 s); minutes with the margin, per slice
+STEP_S, MEMBER, PROGRAM_S, OVERRUN = 16.5e-3, 1.05, 55.0, 1.15
+QUEUE_BUDGET_S = 560  # BUDGET of one benchmarks/h200_queue.sh call (a device call is at most 10 minutes)
+MINUTES = {
+    "spam": {"gpu_adam": 8.1, "gpu_adam_clip": 8.1, "gpu_spam": 8.1},
+    "wsd_s": {"gpu_wsd_s": 3.0, "gpu_cyclic_cosine": 3.0, "gpu_wsd": 6.6, "gpu_cosine": 6.6},
+    "weight_decay_fairness": {"gpu_seed0": 3.7, "gpu_seed1": 3.7, "gpu_seed2": 3.7},
+}
+
+
+def programs(module, preset):
+    trials = sweep.make_trials(configs.apply_overrides(module.get_config(preset), COMMAND), module.get_sweep(preset))
+    return sweep.group_trials(trials)
+
+
+def estimate_s(groups) -> float:
+    total = 0.0
+    for group in groups:
+        cfg = group[0].cfg
+        assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == base_lib.LADDER["9.4m"]
+        step = STEP_S * MEMBER * cfg.data.batch_size * cfg.data.seq_len / (64 * 512)
+        total += len(group) * cfg.train.steps * step + PROGRAM_S
+    return OVERRUN * total
+
+
+@pytest.mark.parametrize("name", SLICED)
+def test_gpu_slices_partition_the_gpu_sweep(name):
+    module = importlib.import_module(f"experiments.{name}")
+    assert len(module.SLICES) >= 2 and set(module.SLICES) <= set(module.PRESETS)
+    whole = {sweep.trial_id(o): o for o in module.get_sweep("gpu")}
+    parts = [(sweep.trial_id(o), o) for s in module.SLICES for o in module.get_sweep(s)]
+    assert len(whole) == len(module.get_sweep("gpu"))  # ids unique in the gpu sweep
+    assert sorted(i for i, _ in parts) == sorted(whole)  # no trial lost or duplicated, the same ids
+    assert all(whole[i] == o for i, o in parts)  # and the same overrides
+
+
+@pytest.mark.parametrize("name", SLICED)
+def test_gpu_slices_share_the_gpu_config_and_one_workdir(name, tmp_path):
+    module = importlib.import_module(f"experiments.{name}")
+    gpu = configs.flatten(module.get_config("gpu"))
+    for s in module.SLICES:
+        assert configs.flatten(module.get_config(s)) == gpu, s
+        configs.claim_workdir(configs.apply_overrides(module.get_config(s), COMMAND), tmp_path)  # launch.sweep's check
+
+
+@pytest.mark.parametrize("name", SLICED)
+def test_gpu_slices_see_at_most_one_and_a_half_epochs_of_code11(name):
+    module = importlib.import_module(f"experiments.{name}")
+    epochs = []
+    for s in module.SLICES:
+        for group in programs(module, s):
+            for t in group:
+                f = configs.flatten(t.cfg)
+                assert f["data.source"] == "prepared"
+                epochs.append(f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] / CODE11_TRAIN_TOKENS)
+    assert max(epochs) <= 1.5 and round(max(epochs), 2) == MAX_EPOCHS[name]
+
+
+@pytest.mark.parametrize("name", SLICED)
+def test_gpu_slices_train_the_gpu_programs_or_parts_of_them(name):
+    module = importlib.import_module(f"experiments.{name}")
+    gpu = {frozenset(t.id for t in g) for g in programs(module, "gpu")}
+    cut = [frozenset(t.id for t in g) for s in module.SLICES for g in programs(module, s)]
+    assert all(any(c <= g for g in gpu) for c in cut)
+    if name in UNFRAGMENTED:
+        assert set(cut) == gpu and len(cut) == len(gpu)
+
+
+@pytest.mark.parametrize("name", sorted(MINUTES))
+def test_each_gpu_slice_fits_one_queue_call_by_its_docstrings_estimate(name):
+    module = importlib.import_module(f"experiments.{name}")
+    assert set(MINUTES[name]) == set(module.SLICES)
+    for s in module.SLICES:
+        seconds = estimate_s(programs(module, s))
+        assert seconds <= QUEUE_BUDGET_S and abs(seconds / 60 - MINUTES[name][s]) < 0.06, (s, seconds)
+    assert estimate_s(programs(module, "gpu")) > 9 * 60  # why the slices exist: over 9 minutes of a 10-minute call
+
+
+@pytest.mark.parametrize("name", sorted(MINUTES))
+def test_gpu_slice_programs_fit_one_h200(name):
+    from launch import memory
+
+    module = importlib.import_module(f"experiments.{name}")
+    for s in module.SLICES:
+        for group in programs(module, s):
+            _, total = memory.estimate(group[0].cfg, members=len(group), backend="gpu")
+            assert total < 120 * memory.GIB, f"{name}:{s}: {total / memory.GIB:.1f} GiB"
+
+
+# ---- small_scale_proxies: gpu_<size>_<arm> slices, gpu_<size> = its two arm slices -----------------------------------
+
+# its docstring's seconds per slice, the +15 % included: 2.4m measured (session 9: 795 s for 6 programs of 7), 9.4m
+# from the member-step above, 19m the 9.4m program's steps scaled by launch/flops.py's FLOPs per token
+PROXIES_S = {"2.4m": 457, "9.4m": 608, "19m": 769}
+
+
+def proxies_estimate_s(groups) -> float:
+    from launch.plan import config_flops_per_token
+    from experiments import small_scale_proxies as proxies
+
+    nine = configs.apply_overrides(proxies.get_config("gpu"), dict(zip(
+        ("model.d_model", "model.n_layers", "model.n_heads"), base_lib.LADDER["9.4m"])))
+    total = 0.0
+    for group in groups:
+        cfg = group[0].cfg
+        shape = (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads)
+        if shape == base_lib.LADDER["2.4m"]:
+            total += 795 / 6 * len(group) / 7
+            continue
+        flops = config_flops_per_token(cfg) / config_flops_per_token(nine)
+        total += len(group) * cfg.train.steps * STEP_S * MEMBER * flops + PROGRAM_S
+    return OVERRUN * total
+
+
+def test_proxies_size_slices_are_their_two_arm_slices():
+    from experiments import small_scale_proxies as proxies
+
+    assert len(proxies.SLICES) == 6 and set(proxies.SIZE_PRESETS) <= set(proxies.PRESETS)
+    for size in proxies.SIZE_PRESETS:
+        arms = [f"{size}_baseline", f"{size}_qk_norm"]
+        assert proxies.get_sweep(size) == [t for a in arms for t in proxies.get_sweep(a)]
+        assert configs.flatten(proxies.get_config(size)) == configs.flatten(proxies.get_config("gpu"))
+    for s in proxies.SLICES:
+        trials = proxies.get_sweep(s)
+        assert len(trials) == 21 and {t["model.qk_norm"] for t in trials} == {s.endswith("_qk_norm")}
+        assert [len(g) for g in programs(proxies, s)] == [7, 7, 7]
+
+
+def test_proxies_slices_take_the_calls_their_docstring_says():
+    from experiments import small_scale_proxies as proxies
+    from launch import memory
+
+    for s in proxies.SLICES:
+        seconds = proxies_estimate_s(programs(proxies, s))
+        size = next(n for n in proxies.GPU_SIZES if s.startswith(f"gpu_{n}_"))
+        assert abs(seconds - PROXIES_S[size]) < 3, (s, seconds)
+        # 2.4m fits one queue call; 9.4m and 19m need two in one session (a cut-off sweep resumes on the warm
+        # machine)
+        assert (seconds <= QUEUE_BUDGET_S) == (size == "2.4m") and seconds <= 2 * QUEUE_BUDGET_S
+        for group in programs(proxies, s):
+            _, total = memory.estimate(group[0].cfg, members=len(group), backend="gpu")
+            assert total < 120 * memory.GIB, f"{s}: {total / memory.GIB:.1f} GiB"
