@@ -10,7 +10,8 @@ divides our tokens/s by the plain-PyTorch GPT of DESIGN §7 (torch.compile, flas
 the same H200 at the same shapes; with --relative_to it is the step time over that row's instead. Rows of
 benchmarks/sweep_executors.sh (they have an "executor" key) make the executor table: wall time of the same sweep
 with each executor, and batched / local. Rows of benchmarks/side_by_side.py make the side-by-side table; rows of
-benchmarks/compile_cache.py (a "cache" key) the compilation-cache table.
+benchmarks/compile_cache.py (a "cache" key) the compilation-cache table; rows of benchmarks/sweep_cost.py (a "sweep"
+key) the sweep-cost table.
 
 MFU in PEERS and in rows written before launch/flops.py is over the measured 790 TFLOP/s with PaLM's
 6 N + 12 L H Dh T count (the old rule, RESULTS.md "How MFU is computed"); newer rows' `mfu` is over 989.
@@ -132,6 +133,18 @@ def render_members(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_sweep_cost(rows: list[dict]) -> str:
+    """benchmarks/sweep_cost.py rows (they have a "sweep" key): what each sweep's trials cost on the device."""
+    lines = ["| sweep | trials | programs | tokens | model PFLOPs | program s | sweep wall s | tokens/s | sweep MFU "
+             "(989 / 790 peak) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = f"{r['status_wall_seconds']:.0f}" if r.get("status_wall_seconds") else "–"
+        lines.append(f"| `{r['sweep']}` | {r['trials']} | {r['programs']} | {r['tokens'] / 1e6:,.1f}M | "
+                     f"{r['model_pflops']:,.1f} | {r['program_seconds']:.0f} | {wall} | "
+                     f"{r['tokens_per_second'] / 1e3:,.0f}k | {r['sweep_mfu']:.1%} / {r['sweep_mfu_measured_peak']:.1%} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -143,7 +156,9 @@ def main(argv: list[str]) -> None:
                 row = json.loads(line)
                 by_label[row["label"]] = row
     rows = list(by_label.values())
-    if all("side" in r or r["label"].startswith("ratio/") for r in rows):
+    if all("sweep" in r for r in rows):
+        print(render_sweep_cost(rows))
+    elif all("side" in r or r["label"].startswith("ratio/") for r in rows):
         print(render_side_by_side(rows))
     elif all("cache" in r for r in rows):
         print(render_compile_cache(rows))

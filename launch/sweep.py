@@ -156,7 +156,8 @@ class Recorder:
     status.json (rewritten atomically as trials start and finish) counts the trials of this process's shard:
     `done` (finished, diverged included), `diverged`, `running` (their ids), `failed` (ids whose training raised, or
     with a `failed` row), `remaining` (neither done nor failed) and `eta_seconds`: the wall time per trial finished
-    by this process so far times the trials remaining (None before the first); `state` is running, finished or
+    by this process so far times the trials remaining (None before the first); `started` and `updated`: when this
+    invocation began and when the file was written (seconds since the epoch); `state` is running, finished or
     failed (the sweep stopped on an error). A shard (`--shard=i/n`) keeps status.shard<i>of<n>.json instead, so
     shards never overwrite each other. An executor calls `start` when trials begin and `fail` for trials it gives
     up on; finishing is the call itself.
@@ -178,7 +179,7 @@ class Recorder:
         return dict(
             state=state, total=self.n_trials, done=self.n_done, diverged=self.n_diverged, running=list(self.running),
             failed=list(self.failed), remaining=remaining,
-            eta_seconds=None if per_trial is None else per_trial * remaining, updated=time.time(),
+            eta_seconds=None if per_trial is None else per_trial * remaining, started=self.t0, updated=time.time(),
         )
 
     def write_status(self, state: str = "running") -> None:

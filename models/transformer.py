@@ -104,7 +104,8 @@ class Transformer(nnx.Module):
         )
         self.remat = cfg.remat
         self.logits_dtype = jnp.dtype(cfg.logits_dtype)
-        self.vocab_size, self.loss_chunk, self.fused_ce = cfg.vocab_size, cfg.loss_chunk, cfg.fused_ce
+        self.vocab_size, self.loss_chunk = cfg.vocab_size, cfg.loss_chunk
+        self.fused_ce = cfg.get("fused_ce", False)  # run configs written before the field existed: the unfused CE
         self.padded_vocab = padded_vocab(cfg)
         if cfg.loss_chunk and "head" in fp8.targets(cfg):
             raise ValueError(
