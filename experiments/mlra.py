@@ -40,6 +40,22 @@ Presets (`get_config(arg)`; the config is the MLRA model at the first depth):
         Deviations beyond the gpu preset's: width 256 instead of 768, depths 3 / 12 instead of 12 / 24 / 48,
         length 512 and batch 64 instead of 1024 and 128, 500 steps instead of 10k (warmup scaled alike), one LR
         instead of 4, two arms instead of 4.
+  gpu_slice_low  gpu_slice at LR 3e-3, the gpu grid's next LR down: the same base config (get_config returns
+        gpu_slice's), arms, depths and seeds = 12 trials, 4 programs of 3, the very programs gpu_slice trains (the
+        LR is a traced scalar). Why: at 1e-2 attention entropy collapses in nearly every layer at depth 12 and both
+        depth-12 arms end ~1.1 nats worse than depth 3 (docs/reproductions/mlra.md), so the slice could not say
+        whether depth 12 is merely above its stable LR; gpu_slice_low is the first run that can. Its trial ids
+        (lr=0.003) are disjoint from gpu_slice's (lr=0.01), so it runs into gpu_slice's directory, which starts
+        as the committed experiments/results/sweeps/mlra_code11 (finished trials skipped, sweep.json lists both):
+            BUDGET=560 bash benchmarks/h200_queue.sh mlra:gpu_slice_low@mlra_code11
+        Tokens: 16.4M a run = 0.36 epochs of code11's 45,709,465 training tokens, as gpu_slice.
+        Time (gpu_slice's arithmetic, the diagnostics counted as 3 member-steps each): 3 members x (500 + 3 x 20)
+        member-steps x (10.6 + 29.4) ms (depth 3 + depth 12, x 1.05 a member-step) x 1.02 (MLRA) x 2 arms = 137 s,
+        + 290 s of compilation, evals and checkpoints = ~427 s, ~491 s = 8.2 minutes with the +15 % margin
+        (tests/experiments/test_gpu_slices.py); gpu_slice's same programs measured ~486 s. One 560 s queue call.
+  Both slices pin `model.norm_impl=xla`, the norm kernels session 12's rows ran under (the default became `auto`,
+  the Pallas norms on one GPU, after them): the committed mlra_code11/config.json says xla, and launch.sweep
+  refuses a workdir whose config differs.
 
 Sweep: arm (vanilla | mlra | scaled_embed | embed_ln) x model.n_layers x the LR grid. Diagnostics log tev_mu,
 tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's tokens) every train.diag_every steps.
@@ -47,6 +63,7 @@ tev_sigma (all rows) and tev_batch_mu, tev_batch_sigma (rows of the batch's toke
     python -m launch.sweep --config=experiments/mlra.py:tiny --workdir=runs/mlra_tiny
     python3 -m launch.sweep --config=experiments/mlra.py:gpu_slice --workdir=/tmp/runs/mlra --executor=batched \
       --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
+    BUDGET=560 bash benchmarks/h200_queue.sh mlra:gpu_slice_low@mlra_code11   # LR 3e-3 into the committed rows
 """
 
 from __future__ import annotations
@@ -54,9 +71,10 @@ from __future__ import annotations
 from experiments import base
 from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-PRESETS = ("tiny", "gpu", "gpu_slice")
-DEPTHS = {"tiny": (2, 4, 8), "gpu": (12, 24, 48), "gpu_slice": (3, 12)}
-LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (3e-4, 1e-3, 3e-3, 1e-2), "gpu_slice": (1e-2,)}
+GPU_SLICES = ("gpu_slice", "gpu_slice_low")  # one config, one workdir (mlra_code11), LRs of the gpu grid apart
+PRESETS = ("tiny", "gpu", *GPU_SLICES)
+DEPTHS = {"tiny": (2, 4, 8), "gpu": (12, 24, 48), "gpu_slice": (3, 12), "gpu_slice_low": (3, 12)}
+LRS = {"tiny": (3e-3, 1e-2, 3e-2), "gpu": (3e-4, 1e-3, 3e-3, 1e-2), "gpu_slice": (1e-2,), "gpu_slice_low": (3e-3,)}
 SLICE_STEPS = 500  # gpu_slice: steps of 64 x 512 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 1.0, "model.qk_norm": False,
@@ -69,17 +87,18 @@ ARMS = {
     "scaled_embed": {"model.attention": "softmax", "model.embed_scale": "scaled"},
     "embed_ln": {"model.attention": "softmax", "model.embed_scale": "layernorm"},
 }
-PRESET_ARMS = {"tiny": tuple(ARMS), "gpu": tuple(ARMS), "gpu_slice": ("vanilla", "mlra")}
+PRESET_ARMS = {"tiny": tuple(ARMS), "gpu": tuple(ARMS), **{s: ("vanilla", "mlra") for s in GPU_SLICES}}
 
 
 def get_config(arg: str | None = None):
     preset = base.preset_name(arg, PRESETS)
-    if preset == "gpu_slice":
+    if preset in GPU_SLICES:
         c = base.variant_study("gpu", gpu_size="2.4m")
         c.data.batch_size = 64
         c.optim.warmup_steps = SLICE_STEPS // 10
         c.train.update(steps=SLICE_STEPS, log_every=10, eval_every=125, eval_batches=16, diag_every=25,
                        diag_rows=16, ckpt_every=250, max_members=3)
+        c.model.norm_impl = "xla"  # what session 12's rows ran (before norm_impl=auto): the committed config.json
     else:
         c = base.variant_study(preset, gpu_size="85m")
     if preset == "gpu":
@@ -93,6 +112,6 @@ def get_config(arg: str | None = None):
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     preset = base.preset_name(arg, PRESETS)
-    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    seed = seeds(GPU_SEEDS) if preset in GPU_SLICES else seed_axis(preset)
     return product(arm=[ARMS[a] for a in PRESET_ARMS[preset]], **{"model.n_layers": DEPTHS[preset]}, lr=LRS[preset],
                    **seed)

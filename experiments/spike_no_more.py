@@ -39,12 +39,30 @@ Presets (`get_config(arg)`; the config is Scaled Embed):
         second run of the same ~7 minutes, not part of this one.
         Deviations beyond the gpu preset's: the 9.4m shape instead of 151m, batch 64 instead of 256, 700 steps
         instead of 10k (warmup scaled alike), 2 LRs instead of 5.
+  gpu_slice_low  gpu_slice at LR {1e-3, 3e-3}, the gpu grid's next two down: the same base config (get_config
+        returns gpu_slice's), arms and seeds = 18 trials, 3 programs of 6, the very programs gpu_slice trains (the
+        LR is a traced scalar). Why: at 3e-2 every arm fails alike (attention entropy collapsed by step 35, no
+        qk-norm) and 1e-2 is the gpu grid's only other LR run (docs/reproductions/spike_no_more.md), so Vanilla's
+        best LR, and what "2-4x the usual LR" means at 9.4m, is not known. Its trial ids (lr=0.001, lr=0.003) are
+        disjoint from gpu_slice's (lr=0.01, lr=0.03), so it runs into gpu_slice's directory, which starts as the
+        committed experiments/results/sweeps/spike_no_more_code11 (finished trials skipped, sweep.json lists both):
+            BUDGET=560 bash benchmarks/h200_queue.sh spike_no_more:gpu_slice_low@spike_no_more_code11
+        Tokens: 22.9M a run = 0.50 epochs of code11's 45,709,465 training tokens, as gpu_slice.
+        Time (gpu_slice's arithmetic, the diagnostics counted as 3 member-steps each): a program is 6 members x
+        (700 + 3 x 20) member-steps x 17.3 ms = 79 s + ~55 s = ~134 s; three ~402 s, ~462 s = 7.7 minutes with
+        the +15 % margin (tests/experiments/test_gpu_slices.py); gpu_slice's same programs measured 474 s (7.9
+        minutes). 3e-3 alone would be 3 programs of 3: 3 x (3 x 760 x 17.3 ms + 55 s) = ~283 s, ~326 s with the
+        margin; 1e-3 adds ~136 s and still fits one 560 s queue call.
+  Both slices pin `model.norm_impl=xla`, the norm kernels session 12's rows ran under (the default became `auto`,
+  the Pallas norms on one GPU, after them): the committed spike_no_more_code11/config.json says xla, and
+  launch.sweep refuses a workdir whose config differs.
 
 Sweep: model.embed_scale in {none, scaled, layernorm} x the LR grid.
 
     python -m launch.sweep --config=experiments/spike_no_more.py:tiny --workdir=runs/spike_no_more_tiny
     python3 -m launch.sweep --config=experiments/spike_no_more.py:gpu_slice --workdir=/tmp/runs/spike_no_more \
       --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
+    BUDGET=560 bash benchmarks/h200_queue.sh spike_no_more:gpu_slice_low@spike_no_more_code11   # LRs 1e-3, 3e-3
 """
 
 from __future__ import annotations
@@ -52,8 +70,10 @@ from __future__ import annotations
 from experiments import base
 from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-PRESETS = ("tiny", "gpu", "gpu_slice")
-LRS = {"tiny": (3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "gpu_slice": (1e-2, 3e-2)}
+GPU_SLICES = ("gpu_slice", "gpu_slice_low")  # one config, one workdir (spike_no_more_code11), LRs of the gpu grid apart
+PRESETS = ("tiny", "gpu", *GPU_SLICES)
+LRS = {"tiny": (3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "gpu_slice": (1e-2, 3e-2),
+       "gpu_slice_low": (1e-3, 3e-3)}
 SLICE_STEPS = 700  # gpu_slice: steps of 64 x 512 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 EMBED_SCALES = ("none", "scaled", "layernorm")
 RECIPE = {
@@ -65,12 +85,13 @@ BASELINE = {"model.embed_scale": "none"}  # the arm that RECIPE describes (Vanil
 
 def get_config(arg: str | None = None):
     preset = base.preset_name(arg, PRESETS)
-    if preset == "gpu_slice":
+    if preset in GPU_SLICES:
         c = base.variant_study("gpu", gpu_size="9.4m")
         c.data.batch_size = 64
         c.optim.warmup_steps = SLICE_STEPS // 10
         c.train.update(steps=SLICE_STEPS, log_every=5, eval_every=175, eval_batches=16, diag_every=35,
                        diag_rows=16, ckpt_every=350, max_members=6)
+        c.model.norm_impl = "xla"  # what session 12's rows ran (before norm_impl=auto): the committed config.json
     else:
         c = base.variant_study(preset, gpu_size="151m")
     c.model.update(init="small", embed_scale="scaled")
@@ -82,5 +103,5 @@ def get_config(arg: str | None = None):
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     preset = base.preset_name(arg, PRESETS)
-    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    seed = seeds(GPU_SEEDS) if preset in GPU_SLICES else seed_axis(preset)
     return product(**{"model.embed_scale": list(EMBED_SCALES)}, lr=LRS[preset], **seed)

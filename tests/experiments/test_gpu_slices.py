@@ -11,11 +11,16 @@ weight_decay_fairness; proxy_ablations' arms; small_scale_proxies' size x qk-lay
 the `gpu` sweep (same trials and ids, none lost or twice), share its base config (so their rows go into one workdir)
 and stay within the corpus rule; the first three's slices each fit one benchmarks/h200_queue.sh call by the estimate
 their docstrings show (small_scale_proxies': one call at 2.4m, two at 9.4m and 19m). Config values and abstract
-shapes only: nothing is trained."""
+shapes only: nothing is trained.
+
+mlra's and spike_no_more's `gpu_slice_low` (lower LRs of the gpu grid) share gpu_slice's config, resume its
+committed directory (experiments/results/sweeps/<study>_code11), add trial ids of their own, train gpu_slice's
+programs and fit one queue call by their docstrings' estimate."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +38,7 @@ SCALED = {
     "model.softplus.key_chunk", "data.seq_len", "data.batch_size", "optim.warmup_steps", "train.steps",
     "train.log_every", "train.eval_every", "train.eval_batches", "train.diag_every", "train.diag_rows",
     "train.ckpt_every", "train.max_members",
+    "model.norm_impl",  # the norm kernels (same math): mlra's and spike_no_more's slices keep their rows' xla
 }
 # diagnostics each page's figures need, for the arms that have them
 NEEDED = {
@@ -249,6 +255,71 @@ def test_gpu_slice_programs_fit_one_h200(name):
         for group in programs(module, s):
             _, total = memory.estimate(group[0].cfg, members=len(group), backend="gpu")
             assert total < 120 * memory.GIB, f"{name}:{s}: {total / memory.GIB:.1f} GiB"
+
+
+# ---- gpu_slice_low: mlra's and spike_no_more's lower-LR slice, into gpu_slice's (committed) directory ----------------
+
+LOW = ("mlra", "spike_no_more")
+# the docstrings' seconds, the +15 % included: the programs of gpu_slice (session 12 measured mlra's ~486 s,
+# spike_no_more's 474 s); mlra's depth-3 step is the measured 2.4m step, depth 12 its FLOPs estimate, MLRA +4 %;
+# a diagnostic step ~3 member-steps
+LOW_S = {"mlra": 491, "spike_no_more": 462}
+MLRA_STEP_S, MLRA_PROGRAM_S, MLRA_COST, DIAG_STEPS = {3: 10.1e-3, 12: 28e-3}, {3: 55.0, 12: 90.0}, 1.04, 3
+
+
+def low_estimate_s(groups) -> float:
+    total = 0.0
+    for group in groups:
+        cfg = group[0].cfg
+        assert (cfg.data.batch_size, cfg.data.seq_len) == (64, 512)
+        if (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == base_lib.LADDER["9.4m"]:
+            step, program = STEP_S, PROGRAM_S
+        else:
+            assert (cfg.model.d_model, cfg.model.n_heads) == base_lib.LADDER["2.4m"][::2]
+            step = MLRA_STEP_S[cfg.model.n_layers] * (MLRA_COST if cfg.model.attention == "mlra" else 1.0)
+            program = MLRA_PROGRAM_S[cfg.model.n_layers]
+        member_steps = cfg.train.steps + DIAG_STEPS * (cfg.train.steps // cfg.train.diag_every)
+        total += len(group) * member_steps * step * MEMBER + program
+    return OVERRUN * total
+
+
+@pytest.mark.parametrize("name", LOW)
+def test_low_slice_shares_gpu_slices_config_and_its_committed_workdir(name, tmp_path):
+    module = importlib.import_module(f"experiments.{name}")
+    assert configs.flatten(module.get_config("gpu_slice_low")) == configs.flatten(module.get_config("gpu_slice"))
+    committed = Path(__file__).resolve().parents[2] / f"experiments/results/sweeps/{name}_code11/config.json"
+    (tmp_path / "config.json").write_text(committed.read_text())  # what the queue's @DIR starts from
+    configs.claim_workdir(configs.apply_overrides(module.get_config("gpu_slice_low"), COMMAND), tmp_path, write=False)
+
+
+@pytest.mark.parametrize("name", LOW)
+def test_low_slice_is_gpu_slice_at_lower_lrs_of_the_gpu_grid(name):
+    module = importlib.import_module(f"experiments.{name}")
+    high, low = module.get_sweep("gpu_slice"), module.get_sweep("gpu_slice_low")
+    assert not {sweep.trial_id(o) for o in high} & {sweep.trial_id(o) for o in low}
+    assert len({sweep.trial_id(o) for o in low}) == len(low) == len(high)
+
+    def points(trials):
+        return {repr(sorted((k, repr(v)) for k, v in o.items() if k != "optim.lr")) for o in trials}
+
+    assert points(low) == points(high)  # the same arms, depths and seeds
+    lrs = {o["optim.lr"] for o in low}
+    assert lrs <= set(module.LRS["gpu"]) and max(lrs) < min(o["optim.lr"] for o in high)
+
+
+@pytest.mark.parametrize("name", LOW)
+def test_low_slice_sees_at_most_one_and_a_half_epochs_and_fits_one_queue_call(name):
+    module = importlib.import_module(f"experiments.{name}")
+    groups = programs(module, "gpu_slice_low")
+    for group in groups:
+        for t in group:
+            f = configs.flatten(t.cfg)
+            assert f["data.source"] == "prepared"
+            assert f["train.steps"] * f["data.batch_size"] * f["data.seq_len"] <= 1.5 * CODE11_TRAIN_TOKENS
+    # gpu_slice's very programs (the LR is a traced scalar), so its measured time carries over
+    assert [len(g) for g in groups] == [len(g) for g in programs(module, "gpu_slice")]
+    seconds = low_estimate_s(groups)
+    assert seconds <= QUEUE_BUDGET_S and abs(seconds - LOW_S[name]) < 3, seconds
 
 
 # ---- small_scale_proxies: gpu_<size>_<arm> slices, gpu_<size> = its two arm slices -----------------------------------
