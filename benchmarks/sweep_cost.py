@@ -46,12 +46,12 @@ def sweep_cost(workdir: Path) -> dict:
         model_flops += sum(by_id[t.id]["tokens"] * per_token[key] for t in program)
         program_seconds += max(by_id[t.id]["wall_seconds"] for t in program)
     status = workdir / "status.json"
-    started = json.loads(status.read_text()).get("started") if status.exists() else None
+    recorded = json.loads(status.read_text()) if status.exists() else {}
     tokens = sum(r["tokens"] for r in rows)
     return {
         "label": workdir.name, "sweep": workdir.name, "trials": len(rows), "programs": len(programs), "tokens": tokens,
         "model_pflops": model_flops / 1e15, "program_seconds": program_seconds,
-        "status_wall_seconds": json.loads(status.read_text())["updated"] - started if started else None,
+        "status_wall_seconds": recorded["updated"] - recorded["started"] if "started" in recorded else None,
         "tokens_per_second": tokens / program_seconds,
         "sweep_mfu": model_flops / program_seconds / (flops.DATASHEET_PEAK_TFLOPS * 1e12),
         "sweep_mfu_measured_peak": model_flops / program_seconds / (flops.MEASURED_PEAK_TFLOPS * 1e12),
