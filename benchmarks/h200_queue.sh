@@ -29,6 +29,8 @@
 #                 9.4m step with the Pallas LSSAR kernel (T 512), and 302m at batch 256 without remat (token-chunked
 #                 loss only); session 11 profiled 42m with XLA's norms, LSSAR's key blocks, 302m / 1.2b with remat
 # At most 8 files come back per call: keep a call's sweep jobs to ~6.
+# The working tree that travels is limited to 64 MiB; the committed sweep directories alone pass it, so hold back
+# those a call does not resume from: `bash benchmarks/device_tree.sh out [DIR...]` before it, `... back` after.
 # The corpus (CORPUS_NAME, default code11) travels compressed in gpu_data/code11 (ignored by git; carry
 # [".whl", "gpu_data"]): the Python sources of a venv installed from benchmarks/code11.lock and of the pyenv Python
 # 3.12 standard library, deduplicated by content (12378 files, 180 MB), byte-level BPE 32101, 48.11M tokens;

@@ -4,17 +4,18 @@
     python -m benchmarks.results_table rows.jsonl        # the same table, from the rows
 
 Reads only the sweep directory: results.jsonl (per trial: tokens, wall_seconds) and each trial's config.json.
-The trials are regrouped into the programs the batched executor trained (launch/sweep.py `group_trials`, in the
-order of results.jsonl); a program's device time is the largest `wall_seconds` of its members (members of one
+The programs are the ones the batched executor recorded (groups/*/group.json: its members), so slices run in
+separate invocations into one directory count as the programs they were; a directory without that record (the
+local executor's, or older) is regrouped as launch/sweep.py `group_trials` would group it. A program's device time is the largest `wall_seconds` of its members (members of one
 program finish together; compilation, evals, diagnostics and checkpoints included). Then
 
     sweep MFU = Σ_trials tokens · FLOPs/token (launch/flops.py, training only) / Σ_programs seconds / peak
 
 against the H200 datasheet's 989 TFLOP/s and the measured 790. The program seconds leave out what the sweep
 does between programs (process start, data opening, the report), so the sweep's wall clock is somewhat longer:
-`status_wall_seconds` gives it where status.json recorded when this invocation started (sweeps from session 12
-on), else null. A sweep resumed over several invocations or rebuilt from several directories is regrouped as if
-it ran in one, which is how its trials' rows were written.
+`status_wall_seconds` gives it where status.json recorded when the invocation started (sweeps from session 12
+on) and that invocation ran every finished trial, else null (a sweep resumed or sliced over several invocations:
+status.json is the last one's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ import json
 from pathlib import Path
 
 from launch import configs, flops, plan, records, sweep
+
+
+def _recorded_programs(workdir: Path, trials: list[sweep.Trial]) -> list[list[sweep.Trial]] | None:
+    """The programs as groups/*/group.json recorded them, restricted to finished trials; None unless they cover
+    every finished trial exactly once."""
+    by_id = {t.id: t for t in trials}
+    programs = []
+    for path in sorted((workdir / "groups").glob("*/group.json")):
+        members = [by_id[m] for m in json.loads(path.read_text())["members"] if m in by_id]
+        if members:
+            programs.append(members)
+    ids = [t.id for p in programs for t in p]
+    return programs if sorted(ids) == sorted(by_id) else None
 
 
 def sweep_cost(workdir: Path) -> dict:
@@ -34,7 +48,7 @@ def sweep_cost(workdir: Path) -> dict:
     by_id = {r["id"]: r for r in rows}
     per_token: dict[str, float] = {}  # program key -> FLOPs per token (one abstract model per program)
     model_flops = program_seconds = 0.0
-    programs = sweep.group_trials(trials)
+    programs = _recorded_programs(workdir, trials) or sweep.group_trials(trials)
     for program in programs:
         key = sweep.program_key(program[0].cfg)
         if key not in per_token:
@@ -51,7 +65,8 @@ def sweep_cost(workdir: Path) -> dict:
     return {
         "label": workdir.name, "sweep": workdir.name, "trials": len(rows), "programs": len(programs), "tokens": tokens,
         "model_pflops": model_flops / 1e15, "program_seconds": program_seconds,
-        "status_wall_seconds": recorded["updated"] - recorded["started"] if "started" in recorded else None,
+        "status_wall_seconds": (recorded["updated"] - recorded["started"]
+                                if "started" in recorded and recorded.get("total") == len(rows) else None),
         "tokens_per_second": tokens / program_seconds,
         "sweep_mfu": model_flops / program_seconds / (flops.DATASHEET_PEAK_TFLOPS * 1e12),
         "sweep_mfu_measured_peak": model_flops / program_seconds / (flops.MEASURED_PEAK_TFLOPS * 1e12),

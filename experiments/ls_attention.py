@@ -40,6 +40,15 @@ Presets (`get_config(arg)`; the config is the LS model, the sweep puts MHSA besi
         (12 layers, 1 + 11 heads), batch 8 instead of 32 sequences, 800 steps instead of 10k (warmup scaled
         alike), 3 LRs instead of 6, a decade apart (page 1's 9.4m baseline without qk-layernorm grew its max
         logit to 1e3-1e8 at every LR >= 1e-2, at T = 512 with fan_in init and z-loss: 1e-3 lies below that).
+  gpu_slice_fill  gpu_slice at LRs 3e-4 and 3e-3, the gpu grid's neighbours of gpu_slice's best (1e-3, the
+        lowest of its grid for both arms, docs/reproductions/ls_attention.md): whether 1e-3 is the optimum, and
+        whether the logits start to grow between 1e-3 (bounded) and 1e-2 (grown in both arms). The same base
+        config (get_config returns gpu_slice's), arms and seeds = 12 trials, 2 programs of 6; its trial ids
+        (lr=0.0003, lr=0.003) are disjoint from gpu_slice's, so it runs into the committed directory:
+            BUDGET=560 bash benchmarks/h200_queue.sh ls_attention:gpu_slice_fill@ls_attention_code11
+        Tokens: 26.2M a run = 0.57 epochs, as gpu_slice. Time (gpu_slice's arithmetic): a program is 6 x 800 x
+        19.7 ms = 95 s of steps + 7 s of diagnostics + ~55 s = ~157 s; two: ~313 s, ~6 minutes with a 15 % margin
+        (gpu_slice's two programs of 9 measured 419 s against this arithmetic's 416 s).
 
 Sweep: model.attention in {softmax, ls} x the LR grid. Diagnostics (train.diag_every) log attn_max_logit/layer_i
 for both arms and attn_max_logit_{global,local}/layer_i for ls.
@@ -47,6 +56,7 @@ for both arms and attn_max_logit_{global,local}/layer_i for ls.
     python -m launch.sweep --config=experiments/ls_attention.py:tiny --workdir=runs/ls_attention_tiny
     python3 -m launch.sweep --config=experiments/ls_attention.py:gpu_slice --workdir=/tmp/runs/ls_attention \
       --executor=batched --config.data.source=prepared --config.data.prepared_dir=/tmp/code11
+    BUDGET=560 bash benchmarks/h200_queue.sh ls_attention:gpu_slice_fill@ls_attention_code11  # into the committed rows
 """
 
 from __future__ import annotations
@@ -54,9 +64,10 @@ from __future__ import annotations
 from experiments import base
 from experiments.sweeps import GPU_SEEDS, product, seed_axis, seeds
 
-PRESETS = ("tiny", "gpu", "gpu_slice")
+GPU_SLICES = ("gpu_slice", "gpu_slice_fill")  # one config, one workdir (ls_attention_code11), LRs of the gpu grid apart
+PRESETS = ("tiny", "gpu", *GPU_SLICES)
 LRS = {"tiny": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "gpu": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-       "gpu_slice": (1e-3, 1e-2, 1e-1)}
+       "gpu_slice": (1e-3, 1e-2, 1e-1), "gpu_slice_fill": (3e-4, 3e-3)}
 SLICE_STEPS = 800  # gpu_slice: steps of 8 x 4096 tokens (warmup 10 % of them, as the gpu preset's 1000 of 10k)
 RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 1.0, "model.qk_norm": False,
@@ -67,7 +78,7 @@ BASELINE = {"model.attention": "softmax"}  # the arm that RECIPE describes
 
 def get_config(arg: str | None = None):
     preset = base.preset_name(arg, PRESETS)
-    if preset == "gpu_slice":
+    if preset in GPU_SLICES:
         c = base.variant_study("gpu", gpu_size="9.4m")
         c.model.ls.update(n_global=1, window=100)
         c.data.update(seq_len=4096, batch_size=8)
@@ -92,5 +103,5 @@ def get_config(arg: str | None = None):
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     preset = base.preset_name(arg, PRESETS)
-    seed = seeds(GPU_SEEDS) if preset == "gpu_slice" else seed_axis(preset)
+    seed = seeds(GPU_SEEDS) if preset in GPU_SLICES else seed_axis(preset)
     return product(**{"model.attention": ["softmax", "ls"]}, lr=LRS[preset], **seed)

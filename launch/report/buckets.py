@@ -11,12 +11,19 @@ the most frequent tokens by training-split count). Into DIR/report/:
                                  categorical otherwise, e.g. optim.name), one curve per bucket, viridis from the
                                  most frequent (dark) to the rarest (yellow), the overall eval loss dashed black;
                                  rank buckets left, equal-mass groups right. Middle: the same losses against the
-                                 bucket, one curve per trial. Bottom: each bucket's change from the first trial
+                                 bucket, one curve per point. Bottom: each bucket's change from the first point
                                  (e.g. λ = 0), the overall eval loss's change dashed.
     bucket_loss_over_steps.png   the layout of Kunstner et al.'s Fig. 1 (§5(a)): the overall eval loss of every
                                  trial in one panel, then one panel per trial with one line per equal-mass group
                                  over the eval steps, and ln V (the loss of a uniform prediction) dotted.
-    summary.md                   the section returned here: the final per-bucket losses, a row per trial.
+    summary.md                   the section returned here: the final per-bucket losses, a row per trial, and
+                                 with several seeds a row per point (the mean over its seeds) and the changes
+                                 from the first point, mean [min, max] over seeds.
+
+A point is a setting of the swept keys other than `train.seed`. With several seeds the plots and tables show the
+mean over a point's seeds, and a change from the first point is taken within each seed first (the same seed's
+trial at the first point: the same initialisation and, since the eval windows are drawn from the seed, the same
+held-out text), then averaged.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ VIEWS = {
     "eval_loss_mass_bucket": "equal-mass groups (~equal shares of the training targets)",
 }
 MASS = "eval_loss_mass_bucket"
+SEED = "train.seed"
 
 
 def as_array(values) -> np.ndarray:
@@ -111,31 +119,59 @@ def _per_bucket_curves(ax, y_RxK: np.ndarray, rows: list[dict], keys: list[str],
     ax.legend(fontsize=7)
 
 
-def plot_buckets_vs_sweep(rows: list[dict], keys: list[str], path: Path, title: str) -> None:
-    """`buckets_vs_<key>.png` (module docstring) for the bucket-logging rows, sorted along the sweep; a third row
-    shows each bucket's change from the first trial (e.g. λ = 0), where a disproportionate rise of the rare
+def points_of(final: list[dict], keys: list[str]) -> list[list[dict]]:
+    """The finished rows grouped by point (their values of `keys`, which leave out the seed), in sweep order."""
+    points: dict[str, list[dict]] = {}
+    for r in sorted(final, key=lambda r: _sort_key(r, keys)):
+        points.setdefault(json.dumps([r["overrides"].get(k) for k in keys], default=str), []).append(r)
+    return list(points.values())
+
+
+def _values(row: dict, metric: str) -> np.ndarray:
+    """float[1 + K]: the overall eval loss, then the bucket losses of `metric`."""
+    return np.concatenate([[row["eval_loss"]], as_array(row[metric])])
+
+
+def point_stats(points: list[list[dict]], metric: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(mean_Px(1+K) over each point's seeds, [per point: float[S', 1 + K] changes from the first point, one row per
+    seed present at both]): column 0 the overall eval loss, then the buckets of `metric`."""
+    mean = np.stack([np.mean([_values(r, metric) for r in rs], axis=0) for rs in points])
+    first = {r["overrides"].get(SEED): _values(r, metric) for r in points[0]}
+    deltas = [np.array([_values(r, metric) - first[r["overrides"].get(SEED)] for r in rs
+                        if r["overrides"].get(SEED) in first]).reshape(-1, mean.shape[1]) for rs in points]
+    return mean, deltas
+
+
+def plot_buckets_vs_sweep(points: list[list[dict]], keys: list[str], path: Path, title: str) -> None:
+    """`buckets_vs_<key>.png` (module docstring) for the bucket-logging rows grouped by `points_of`; a third row
+    shows each bucket's change from the first point (e.g. λ = 0), where a disproportionate rise of the rare
     buckets (spec §2(c)) is easiest to see."""
     plt = common.pyplot()
+    rows = [rs[0] for rs in points]  # a point's labels and x come from any of its seeds
+    n_seeds = sorted({len(rs) for rs in points})
+    over = "" if n_seeds == [1] else f" (mean over {'–'.join(map(str, n_seeds))} seeds)"
     x, ticks, scale = sweep_axis(rows, keys)
     trial_colors = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
-    overall = np.array([np.nan if r["eval_loss"] is None else r["eval_loss"] for r in rows], dtype=float)
     fig, axes = plt.subplots(3, len(VIEWS), figsize=(6.0 * len(VIEWS), 4.2 * 3), squeeze=False)
     for col, (metric, view) in enumerate(VIEWS.items()):
-        loss_RxK = np.stack([as_array(r[metric]) for r in rows])
+        mean, deltas = point_stats(points, metric)
+        overall, loss_RxK = mean[:, 0], mean[:, 1:]
+        delta_RxK1 = np.stack([d.mean(axis=0) if len(d) else np.full(mean.shape[1], np.nan) for d in deltas])
         top = axes[0, col]
         for b, color in enumerate(plt.cm.viridis(np.linspace(0, 1, loss_RxK.shape[1]))):
             top.plot(x, loss_RxK[:, b], "o-", color=color, markersize=4)
         top.plot(x, overall, "k--", linewidth=2, label="overall eval loss")
         _set_x(top, x, ticks, scale, keys)
-        top.set_ylabel("final eval loss")
+        top.set_ylabel("final eval loss" + over)
         top.set_title(view, fontsize=10)
         top.legend(fontsize=8)
         _bucket_colorbar(plt, fig, top, loss_RxK.shape[1])
-        _per_bucket_curves(axes[1, col], loss_RxK, rows, keys, trial_colors, "final eval loss", "one curve per trial")
+        _per_bucket_curves(axes[1, col], loss_RxK, rows, keys, trial_colors, "final eval loss" + over,
+                           "one curve per point")
         first = trial_label(rows[0], keys)
-        _per_bucket_curves(axes[2, col], loss_RxK - loss_RxK[:1], rows, keys, trial_colors, f"loss − loss of {first}",
-                           f"change from {first} (overall: dashed)")
-        for delta, color in zip(overall - overall[0], trial_colors):
+        _per_bucket_curves(axes[2, col], delta_RxK1[:, 1:], rows, keys, trial_colors, f"loss − loss of {first}",
+                           f"change from {first}" + (", paired by seed" if over else "") + " (overall: dashed)")
+        for delta, color in zip(delta_RxK1[:, 0], trial_colors):
             axes[2, col].axhline(delta, color=color, linestyle="--", linewidth=1)
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
@@ -186,16 +222,35 @@ def plot_bucket_loss_over_steps(runs: list[tuple[str, Path, bool]], path: Path) 
     return True
 
 
-def bucket_tables(rows: list[dict], keys: list[str]) -> str:
-    """Markdown: a table of final per-bucket eval losses per bucketing, a row per trial."""
-    out = []
+def bucket_tables(points: list[list[dict]], keys: list[str]) -> str:
+    """Markdown per bucketing: the final per-bucket eval losses, a row per trial; with several seeds also a row per
+    point (the mean over its seeds) and each point's change from the first point, paired by seed, mean [min, max]
+    over the seeds."""
+    out, seeded = [], any(len(rs) > 1 for rs in points)
+    first = trial_label(points[0][0], keys)
+    trial_keys = keys + [SEED] if seeded else keys
     for metric, view in VIEWS.items():
-        n_buckets = len(rows[0][metric])
+        n_buckets = len(points[0][0][metric])
+        mean, deltas = point_stats(points, metric)
+        head = ["eval loss", *(str(b) for b in range(n_buckets))]
         out.append(f"\n**{view}** (`{metric}`)\n")
         out.append(common.md_table(
-            ["trial", "eval loss", *(str(b) for b in range(n_buckets))],
-            [[trial_label(r, keys), common.fmt(r["eval_loss"]),
-              *(common.fmt(v, ".3f") for v in as_array(r[metric]))] for r in rows]))
+            ["trial", *head],
+            [[trial_label(r, trial_keys), common.fmt(r["eval_loss"]),
+              *(common.fmt(v, ".3f") for v in as_array(r[metric]))] for rs in points for r in rs]))
+        if not seeded:
+            continue
+        out.append("\nThe mean over each point's seeds:\n")
+        out.append(common.md_table(
+            ["point", "seeds", *head],
+            [[trial_label(rs[0], keys), str(len(rs)),
+              *(common.fmt(v, ".4f" if i == 0 else ".3f") for i, v in enumerate(m))] for rs, m in zip(points, mean)]))
+        out.append(f"\nChange from {first}, within each seed, then mean [min, max] over the seeds:\n")
+        out.append(common.md_table(
+            ["point", "seeds", *head],
+            [[trial_label(rs[0], keys), str(len(d)),
+              *(f"{d[:, i].mean():+.3f} [{d[:, i].min():+.3f}, {d[:, i].max():+.3f}]" for i in range(d.shape[1]))]
+             for rs, d in zip(points[1:], deltas[1:]) if len(d)]))
     return "".join(out)
 
 
@@ -208,16 +263,18 @@ def write_bucket_report(workdir: Path, rows: list[dict], out: Path) -> str:
     if not final:
         return ""
     keys = swept_keys(rows)
-    rows, final = (sorted(x, key=lambda r: _sort_key(r, keys)) for x in (rows, final))
+    rows = sorted(rows, key=lambda r: _sort_key(r, keys))
     runs = [(trial_label(r, keys), workdir / "trials" / r["id"], bool(r["diverged"])) for r in rows]
     plot_bucket_loss_over_steps(runs, out / "bucket_loss_over_steps.png")
+    keys = [k for k in keys if k != SEED]
+    points = points_of(final, keys)
     name = f"buckets_vs_{'+'.join(common.leaf(k) for k in keys) or 'trial'}.png"
-    plot_buckets_vs_sweep(final, keys, out / name, workdir.name)
+    plot_buckets_vs_sweep(points, keys, out / name, workdir.name)
     return (
         "\n## Loss per token-frequency bucket\n\n"
         "Final eval loss per bucket of target tokens, bucket 0 the most frequent by training-split count (spec "
         "optimizers-and-metrics §2(a), §5(a)): rank buckets hold equal numbers of token types, equal-mass groups "
         "~equal shares of the training targets; a bucket without eval targets is `–`. "
         "bucket_loss_over_steps.png (Kunstner et al.'s Fig. 1 layout) is among the plots above.\n\n"
-        f"![final eval loss per bucket]({name})\n" + bucket_tables(final, keys)
+        f"![final eval loss per bucket]({name})\n" + bucket_tables(points, keys)
     )

@@ -11,8 +11,8 @@ Into DIR/report/:
 Seed outliers (PolyPythias, van der Wal et al. 2025; spec optimizers §9(b) [inferred]): at every logged step where
 all seeds of a point (group and LR) have a finite training loss, z_s = (loss_s − mean) / std over the seeds, the
 std (ddof = 0) including seed s itself, as the spec's check says. A seed is an outlier when |z| > `OUTLIER_Z` on at
-least `OUTLIER_RUN` consecutive such steps [D]. That std bounds |z| by (S − 1)/√S, so with the 2σ rule only S >= 6
-seeds can flag one; the table shows max |z| for fewer too.
+least `OUTLIER_RUN` consecutive such steps [D]. That std bounds |z| by √(S − 1) (one seed apart, the others equal),
+so with the 2σ rule only S >= 6 seeds can flag one; seeds.md says so for fewer and still shows max |z|.
 
 A difference between two curves smaller than this spread is not a finding at these seeds.
 """
@@ -125,7 +125,10 @@ def seeds_markdown(groups: Sequence[lr_curves.Group], title: str, outliers: dict
               common.fmt(spread_L[j]), common.fmt(std_L[j])] for j, lr in enumerate(g.lrs)]))
         if z:
             out.append(f"\nPer-step training-loss z-score across seeds: max |z| (longest run of |z| > {OUTLIER_Z:g}, "
-                       f"an outlier from {OUTLIER_RUN} steps on)\n")
+                       f"an outlier from {OUTLIER_RUN} steps on)" + (
+                           f"; with {len(g.seeds)} seeds |z| cannot exceed √{len(g.seeds) - 1} = "
+                           f"{np.sqrt(len(g.seeds) - 1):.2f}, so no seed can be flagged"
+                           if np.sqrt(len(g.seeds) - 1) <= OUTLIER_Z else "") + "\n")
             out.append(common.md_table(
                 ["lr", *(f"seed {s}" for s in g.seeds)],
                 [[f"{lr:g}", *(f"{z[lr][s][0]:.2f} ({z[lr][s][1]})" + (" ⚠" if z[lr][s][2] else "")

@@ -47,8 +47,24 @@ def test_flops_and_program_seconds_equal_a_hand_count(tmp_path):
 
 def test_status_wall_and_empty_sweep(tmp_path):
     write_sweep(tmp_path, walls=[5.0])
-    (tmp_path / "status.json").write_text(json.dumps({"started": 100.0, "updated": 160.0}))
+    (tmp_path / "status.json").write_text(json.dumps({"started": 100.0, "updated": 160.0, "total": 1}))
     assert sweep_cost.sweep_cost(tmp_path)["status_wall_seconds"] == pytest.approx(60.0)
     (tmp_path / "results.jsonl").write_text("")
     with pytest.raises(configs.ConfigError, match="no finished trials"):
         sweep_cost.sweep_cost(tmp_path)
+
+
+def test_recorded_programs_of_slices_run_apart(tmp_path):
+    """Two slices into one directory, one program each (groups/*/group.json), count as two programs even where
+    group_trials would put all three trials in one; status.json is the last slice's, so no sweep wall."""
+    rows = write_sweep(tmp_path, walls=[10.0, 12.0, 7.0])
+    for name, members in [("a", rows[:1]), ("b", rows[1:])]:
+        (tmp_path / "groups" / name).mkdir(parents=True)
+        (tmp_path / "groups" / name / "group.json").write_text(json.dumps({"members": [r["id"] for r in members]}))
+    (tmp_path / "status.json").write_text(json.dumps({"started": 100.0, "updated": 160.0, "total": 2}))
+    got = sweep_cost.sweep_cost(tmp_path)
+    assert got["programs"] == 2 and got["program_seconds"] == pytest.approx(10.0 + 12.0)
+    assert got["status_wall_seconds"] is None
+    # lr=1e-4 left out of the record: the record no longer covers every trial
+    (tmp_path / "groups" / "b" / "group.json").write_text(json.dumps({"members": [rows[1]["id"]]}))
+    assert sweep_cost.sweep_cost(tmp_path)["program_seconds"] == pytest.approx(12.0 + 7.0)  # regrouped

@@ -15,7 +15,8 @@ shapes only: nothing is trained.
 
 mlra's and spike_no_more's `gpu_slice_low` (lower LRs of the gpu grid) share gpu_slice's config, resume its
 committed directory (experiments/results/sweeps/<study>_code11), add trial ids of their own, train gpu_slice's
-programs and fit one queue call by their docstrings' estimate."""
+programs and fit one queue call by their docstrings' estimate; ls_attention's `gpu_slice_fill` (the gpu grid's LRs
+on either side of gpu_slice's best) likewise, in programs of its own size."""
 
 from __future__ import annotations
 
@@ -375,3 +376,23 @@ def test_proxies_slices_take_the_calls_their_docstring_says():
         for group in programs(proxies, s):
             _, total = memory.estimate(group[0].cfg, members=len(group), backend="gpu")
             assert total < 120 * memory.GIB, f"{s}: {total / memory.GIB:.1f} GiB"
+
+
+def test_ls_attention_fill_slice_brackets_the_best_lr_into_the_committed_workdir(tmp_path):
+    from experiments import ls_attention as ls
+
+    assert configs.flatten(ls.get_config("gpu_slice_fill")) == configs.flatten(ls.get_config("gpu_slice"))
+    committed = Path(__file__).resolve().parents[2] / "experiments/results/sweeps/ls_attention_code11/config.json"
+    (tmp_path / "config.json").write_text(committed.read_text())
+    configs.claim_workdir(configs.apply_overrides(ls.get_config("gpu_slice_fill"), COMMAND), tmp_path, write=False)
+    high, fill = ls.get_sweep("gpu_slice"), ls.get_sweep("gpu_slice_fill")
+    assert not {sweep.trial_id(o) for o in high} & {sweep.trial_id(o) for o in fill}
+    lrs = sorted({o["optim.lr"] for o in fill})
+    best, next_up = sorted(ls.LRS["gpu_slice"])[:2]  # 1e-3: both arms' best on gpu_slice's grid
+    assert set(lrs) <= set(ls.LRS["gpu"]) and lrs[0] < best < lrs[1] < next_up
+    groups = programs(ls, "gpu_slice_fill")
+    assert sorted(len(g) for g in groups) == [6, 6]
+    # the docstring's arithmetic: 19.7 ms a member-step at 8 x 4096, 20 diagnostic steps of ~3 member-steps, 55 s
+    seconds = OVERRUN * sum(len(g) * (g[0].cfg.train.steps + 3 * g[0].cfg.train.steps // g[0].cfg.train.diag_every)
+                            * 19.7e-3 + PROGRAM_S for g in groups)
+    assert seconds <= QUEUE_BUDGET_S and abs(seconds - 1.15 * 313) < 5, seconds

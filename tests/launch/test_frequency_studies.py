@@ -140,6 +140,30 @@ def test_bucket_report_of_a_categorical_sweep_with_a_diverged_trial(tmp_path):
     assert "lr=1.0" not in section  # a diverged trial has no final bucket losses
 
 
+def test_bucket_report_with_seeds_averages_points_and_pairs_changes_by_seed(tmp_path):
+    """Two λ × two seeds: the point rows are the seed means, the changes from λ = 0 are taken within each seed
+    (a float64 numpy reference), and the seed is not an axis of the figure's name."""
+    rng = np.random.default_rng(0)
+    vals = {(wd, seed): rng.normal(3.0, 0.3, size=(2, 3)).round(3) for wd in (0.0, 1.0) for seed in (0, 1)}
+    rows = [fake_trial(tmp_path, {"optim.weight_decay": wd, "train.seed": seed}, v.tolist())
+            for (wd, seed), v in vals.items()]
+    for r in rows:  # distinct overall losses per trial
+        r["eval_loss"] = float(np.mean(vals[r["overrides"]["optim.weight_decay"], r["overrides"]["train.seed"]]))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    section = buckets.write_bucket_report(tmp_path, rows, tmp_path)
+    assert "![final eval loss per bucket](buckets_vs_weight_decay.png)" in section
+    assert (tmp_path / "buckets_vs_weight_decay.png").stat().st_size > 10_000
+    mean_1 = (vals[1.0, 0][1] + vals[1.0, 1][1]) / 2  # the equal-mass groups of λ = 1, mean over seeds
+    overall_1 = (vals[1.0, 0].mean() + vals[1.0, 1].mean()) / 2
+    assert f"| weight_decay=1.0 | 2 | {overall_1:.4f} | " + " | ".join(f"{v:.3f}" for v in mean_1) + " |" in section
+    d_SxK = np.stack([vals[1.0, s][1] - vals[0.0, s][1] for s in (0, 1)])
+    d_all = np.array([vals[1.0, s].mean() - vals[0.0, s].mean() for s in (0, 1)])
+    cells = [f"{d_all.mean():+.3f} [{d_all.min():+.3f}, {d_all.max():+.3f}]"] + [
+        f"{c.mean():+.3f} [{c.min():+.3f}, {c.max():+.3f}]" for c in d_SxK.T]
+    tail = section[section.index("`eval_loss_mass_bucket`"):]
+    assert "| weight_decay=1.0 | 2 | " + " | ".join(cells) + " |" in tail
+
+
 def test_no_bucket_section_without_bucket_metrics(tmp_path):
     assert buckets.write_bucket_report(tmp_path, [], tmp_path) == ""
 

@@ -58,3 +58,21 @@ def test_seeds_md_marks_the_outlier_seed(tmp_path):
     z_row = [line for line in text.splitlines() if line.startswith("| 0.01 |")][-1]
     cells = [c.strip() for c in z_row.strip("|").split("|")][1:]
     assert cells[5].endswith("(7) ⚠") and all("⚠" not in c for i, c in enumerate(cells) if i != 5)
+
+
+def test_three_seeds_reach_the_bound_and_seeds_md_says_none_can_be_flagged(tmp_path):
+    """One seed apart from two equal ones: |z| = √(S − 1) = √2, the largest three seeds allow, below OUTLIER_Z."""
+    steps = np.arange(1, 6)
+    _, z = seeds_lib.seed_z_scores([(steps, np.full(5, 3.0)), (steps, np.full(5, 3.0)), (steps, np.full(5, 9.0))])
+    assert np.abs(z[-1]) == pytest.approx(np.full(5, np.sqrt(2)))
+    rows = []
+    for seed in range(3):
+        row = test_report.make_row({"optim.lr": 1e-2, "train.seed": seed}, 3.0 + 0.01 * seed, 6.0)
+        rows.append(row)
+        (tmp_path / "trials" / row["id"]).mkdir(parents=True)
+        (tmp_path / "trials" / row["id"] / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": int(t), "loss": 3.0 + (6.0 if seed == 2 else 0.0)}) + "\n" for t in steps))
+    test_report.write_sweep(tmp_path, rows)
+    text = (report.write_report(tmp_path, seeds=True) / "seeds.md").read_text()
+    assert "with 3 seeds |z| cannot exceed √2 = 1.41, so no seed can be flagged" in text
+    assert "⚠" not in text.split("#")[-1]  # no cell marked
