@@ -44,6 +44,15 @@ Presets:
          middle). In a 400-step trial run on an H200, Adam 1e-3 beat 3e-4 and 3e-3, unclipped SGD diverged within
          4 steps at LR 0.1 and 0.3, and at 0.03 it already trailed Adam by 0.2 on the most frequent group and
          by 2.9 on group 8.
+         On code11 (the queue's `data.source=prepared`): 3000 x 32 x 512 = 49.2M tokens a run = 1.08 epochs of its
+         45,709,465 training tokens. Time (H200, a member-step of the 9.4m shape at 32 x 512 in a batched group
+         ~8.7 ms, as weight_decay_fairness'): a program is 9 x 3000 x 8.7 ms = 234 s + ~55 s = ~290 s; both
+         ~664 s with a 15 % margin, more than one queue call, hence the slices.
+  gpu_<optimizer>  one optimizer's slice of `gpu` (`SLICES`: gpu_adamw, gpu_sgd; the same base config, trials and
+         trial ids): its 3 LRs x 3 seeds, the one program of 9 that gpu trains for it, ~332 s (5.5 minutes) with
+         the margin, into one directory:
+             BUDGET=560 bash benchmarks/h200_queue.sh class_imbalance:gpu_adamw@class_imbalance_code11
+             BUDGET=560 bash benchmarks/h200_queue.sh class_imbalance:gpu_sgd@class_imbalance_code11
 
 Deviations from the paper: GPT-2 small on WikiText-103 for 15k steps (micro-batches 16 x 8 and 16 x 16 of 1024
 tokens) -> our decoder at CPU/9.4M scale on the embedded `classics` corpus, the same batch for both optimizers; our
@@ -55,7 +64,7 @@ curves by validation counts, §5(a)). The per-group losses are logged from the f
 from __future__ import annotations
 
 from experiments import base
-from experiments.sweeps import product, seed_axis
+from experiments.sweeps import product, seed_axis, slice_presets, slice_trials
 
 LRS = {  # optim.name -> its LR grid, per preset
     "tiny": {"adamw": (3e-3, 1e-2), "sgd": (0.1, 0.3)},
@@ -66,11 +75,13 @@ RECIPE = {
     "loss.z_loss": 0.0, "optim.weight_decay": 0.0, "optim.clip": 0.0, "model.qk_norm": False,
     "optim.warmup_steps": 0, "model.init": "gpt2", "optim.eps": 1e-8,
 }
+SLICES = slice_presets(LRS["gpu"])  # gpu_adamw, gpu_sgd: one optimizer's program each
+PRESETS = (*LRS, *SLICES)
 BASELINE = {"optim.name": "adamw"}  # RECIPE describes both optimizers; Adam is the reference
 
 
 def get_config(arg: str | None = None):
-    preset = base.preset_name(arg, tuple(LRS))
+    preset = base.preset_name(arg, PRESETS)
     if preset == "tiny":
         c = base.get_config("tiny")
         c.model.update(vocab_size=2048, d_model=64, n_layers=2, n_heads=2, dtype="float32")
@@ -89,6 +100,8 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    preset = base.preset_name(arg, tuple(LRS))
-    trials = [{"optim.name": name, "optim.lr": lr} for name, lrs in LRS[preset].items() for lr in lrs]
-    return product(trial=trials, **seed_axis(preset))
+    preset = base.preset_name(arg, PRESETS)
+    grid = "tiny" if preset == "tiny" else "gpu"
+    labelled = [(name, t) for name, lrs in LRS[grid].items() for lr in lrs
+                for t in product(trial=[{"optim.name": name, "optim.lr": lr}], **seed_axis(grid))]
+    return [t for _, t in labelled] if grid == "tiny" else slice_trials(preset, labelled)

@@ -7,9 +7,9 @@ as at gpu) and differs from the `gpu` preset's config only in shape, length, ste
 diagnostics its page plots at >= 10 points a run.
 
 The `gpu_<label>` slices of the studies whose `gpu` preset fits code11 but not one device call (spam, wsd_s,
-weight_decay_fairness; proxy_ablations' arms; small_scale_proxies' size x qk-layernorm arms): the slices partition
-the `gpu` sweep (same trials and ids, none lost or twice), share its base config (so their rows go into one workdir)
-and stay within the corpus rule; the first three's slices each fit one benchmarks/h200_queue.sh call by the estimate
+weight_decay_fairness, class_imbalance; proxy_ablations' arms; small_scale_proxies' size x qk-layernorm arms): the
+slices partition the `gpu` sweep (same trials and ids, none lost or twice), share its base config (so their rows go
+into one workdir) and stay within the corpus rule; the first four's slices each fit one benchmarks/h200_queue.sh call by the estimate
 their docstrings show (small_scale_proxies': one call at 2.4m, two at 9.4m and 19m). Config values and abstract
 shapes only: nothing is trained.
 
@@ -162,11 +162,12 @@ def test_slice_programs_fit_one_h200(name):
 
 # ---- gpu_<label> slices of a gpu sweep (experiments/sweeps.py slice_presets / slice_trials) --------------------------
 
-SLICED = ("spam", "wsd_s", "weight_decay_fairness", "proxy_ablations", "small_scale_proxies")
-MAX_EPOCHS = {"spam": 1.08, "wsd_s": 1.43, "weight_decay_fairness": 1.43, "proxy_ablations": 0.72,
+SLICED = ("spam", "wsd_s", "weight_decay_fairness", "class_imbalance", "proxy_ablations", "small_scale_proxies")
+MAX_EPOCHS = {"spam": 1.08, "wsd_s": 1.43, "weight_decay_fairness": 1.43, "class_imbalance": 1.08,
+              "proxy_ablations": 0.72,
               "small_scale_proxies": 0.72}  # their pages
 # slices cut between programs: the very programs gpu trains
-UNFRAGMENTED = ("spam", "wsd_s", "proxy_ablations", "small_scale_proxies")
+UNFRAGMENTED = ("spam", "wsd_s", "class_imbalance", "proxy_ablations", "small_scale_proxies")
 # the docstrings' estimates (H200, bf16, session 12): the 9.4m step at 64 x 512 is 16.5 ms for one member, a member-
 # step in a batched group 1.05x (scaled by the tokens of a member-step), ~55 s a program for compilation, evals and
 # checkpoints, +15 % (spike_no_more's gpu_slice took 474 s against 402 s); minutes with the margin, per slice
@@ -176,6 +177,7 @@ MINUTES = {
     "spam": {"gpu_adam": 8.1, "gpu_adam_clip": 8.1, "gpu_spam": 8.1},
     "wsd_s": {"gpu_wsd_s": 3.0, "gpu_cyclic_cosine": 3.0, "gpu_wsd": 6.6, "gpu_cosine": 6.6},
     "weight_decay_fairness": {"gpu_seed0": 3.7, "gpu_seed1": 3.7, "gpu_seed2": 3.7},
+    "class_imbalance": {"gpu_adamw": 5.5, "gpu_sgd": 5.5},
 }
 
 
