@@ -6,8 +6,9 @@
 Reads only the sweep directory: results.jsonl (per trial: tokens, wall_seconds) and each trial's config.json.
 The programs are the ones the batched executor recorded (groups/*/group.json: its members), so slices run in
 separate invocations into one directory count as the programs they were; a directory without that record (the
-local executor's, or older) is regrouped as launch/sweep.py `group_trials` would group it. A program's device time is the largest `wall_seconds` of its members (members of one
-program finish together; compilation, evals, diagnostics and checkpoints included). Then
+local executor's, or older) is regrouped as launch/sweep.py `group_trials` would group it. A program's device time
+is the largest `wall_seconds` of its members (members of one program finish together; compilation, evals,
+diagnostics and checkpoints included). Then
 
     sweep MFU = Σ_trials tokens · FLOPs/token (launch/flops.py, training only) / Σ_programs seconds / peak
 

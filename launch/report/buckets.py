@@ -128,8 +128,8 @@ def points_of(final: list[dict], keys: list[str]) -> list[list[dict]]:
 
 
 def _values(row: dict, metric: str) -> np.ndarray:
-    """float[1 + K]: the overall eval loss, then the bucket losses of `metric`."""
-    return np.concatenate([[row["eval_loss"]], as_array(row[metric])])
+    """float[1 + K]: the overall eval loss, then the bucket losses of `metric` (NaN where null)."""
+    return as_array([row["eval_loss"], *row[metric]])
 
 
 def point_stats(points: list[list[dict]], metric: str) -> tuple[np.ndarray, list[np.ndarray]]:
