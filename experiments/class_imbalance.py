@@ -26,17 +26,19 @@ Recipe (`RECIPE`, both optimizers'; tests/experiments/test_recipes.py):
   | 0      | 0            | 0    | off     | 0      | gpt2 | 1e-8   |
 
   The official code (spec §5(b)): GPT-2 small with init std 0.02 scaled by depth (`model.init=gpt2`), plain
-  cross-entropy (no z-loss), no qk-norm (GPT-2 has none), no weight decay, no clipping, constant LR. The
-  measurements below were taken with z-loss 1e-4, the fan_in init and, at gpu, qk-layernorm (the recipe before
-  issue 10) and are not re-measured yet. The gpu preset runs 3 seeds per point: two programs of 9 members.
+  cross-entropy (no z-loss), no qk-norm (GPT-2 has none), no weight decay, no clipping, constant LR. The tiny
+  line below is measured with this recipe (docs/reproductions/weight_decay_fairness.md); the gpu line's 400-step
+  trial was taken with z-loss 1e-4, the fan_in init and qk-layernorm (the recipe before issue 10) and is not
+  re-measured yet. The gpu preset runs 3 seeds per point: two programs of 9 members.
 
 Presets:
 
   tiny   CPU, ~90 s on 2 cores: 2 layers, d=64, vocab 2048 on `classics` (a heavier tail than vocab 512),
          400 steps of 16 x 64 tokens, float32, eval every 50 steps; Adam LR {3e-3, 1e-2}, SGD LR {0.1, 0.3}.
-         What it shows: on the most frequent equal-mass group SGD ends at most 0.3 above Adam, on the rarest
-         0.9-1.7 above it; SGD's rarest group stays above ln V = 7.6 (8.6-8.7 at step 50, 8.1-8.8 at the end)
-         while Adam takes it from ~9.0 at step 50 to 7.1-7.2, below ln V.
+         What it shows (each optimizer at its best LR, Adam 3e-3 and SGD 0.1): SGD ends 0.15 above Adam on the
+         most frequent equal-mass group and 1.09 above it on the rarest, the gap growing with rarity; SGD's
+         rarest group stays above ln V = 7.6 at every eval (8.6 at step 50, 8.1 at the end) while Adam takes it
+         from 8.5 to 7.05, below ln V.
   gpu    one H200, ~4-5 minutes (two batched programs of 3 members at ~590k tokens/s per member, before
          issue 10; now 9 members each: 3 seeds): the 9.4m ladder shape (d=512, 3 layers, vocab 32101) on
          `classics`, 3000 steps of 32 x 512 tokens,
